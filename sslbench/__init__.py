@@ -1,0 +1,2 @@
+"""sslbench: self-supervised pretraining benchmark suite."""
+__version__ = "0.1.0"

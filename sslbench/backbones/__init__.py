@@ -1,0 +1,194 @@
+"""Backbones: thin wrappers over ``timm.create_model`` (never forks of timm code).
+
+``create_backbone(cfg)`` returns a :class:`Backbone` whose ``forward`` gives the pooled
+representation ``h`` (ResNet: global average pool; ViT: the cls token after the final norm) —
+never a projection. 32 px variants (spec §1.1), switched on by ``backbone.small_input``:
+
+- ResNet: first stem conv becomes 3×3 stride 1 (padding 1; 64 channels for the plain stem, the
+  first conv of a deep stem keeps its width and only loses its stride) and the max-pool becomes
+  Identity, so layer4 still sees 4×4 maps on 32 px input.
+- ViT: ``img_size`` = data.image_size, ``patch_size`` 4 (8×8 = 64 tokens at 32 px) and
+  ``dynamic_img_size=True`` so multi-crop views of other sizes interpolate the position embedding.
+
+``backbone.safetensors`` stores the timm weights plus metadata (timm name, kwargs, small_input);
+:func:`load_backbone` rebuilds the model from it. For ViTs the weights load directly into
+``timm.create_model(name, **kwargs)``; for small-input ResNets call :func:`adapt_small_input` on
+the timm model first (the stem conv has a different shape).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import timm
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from ..errors import UserError, did_you_mean
+
+FAMILIES = ("resnet", "vit")
+
+
+def family_of(model: nn.Module) -> str:
+    from timm.models.resnet import ResNet
+    from timm.models.vision_transformer import VisionTransformer
+
+    if isinstance(model, ResNet):
+        return "resnet"
+    if isinstance(model, VisionTransformer):
+        return "vit"
+    return "other"
+
+
+def adapt_small_input(model: nn.Module) -> nn.Module:
+    """Turn a timm ResNet into its 32 px variant (3×3 stride-1 stem, no max-pool), in place."""
+    conv1 = model.conv1
+    if isinstance(conv1, nn.Sequential):  # deep stem (resnet*d, resnet*t): drop the stride only
+        first = conv1[0]
+        first.stride = (1, 1)
+    else:
+        model.conv1 = nn.Conv2d(3, conv1.out_channels, kernel_size=3, stride=1, padding=1,
+                                bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class Backbone(nn.Module):
+    """A timm model with its head removed; ``forward(x)`` returns pooled features ``h`` (B, D)."""
+
+    def __init__(self, model: nn.Module, name: str, timm_kwargs: dict[str, Any],
+                 small_input: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.timm_kwargs = timm_kwargs
+        self.small_input = small_input
+        self.family = family_of(model)
+        self.num_features: int = model.num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)  # num_classes=0: forward_head(pre_logits) = pooled h
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Unpooled output: (B, C, H, W) for ResNets, (B, 1 + L, D) tokens for ViTs."""
+        return self.model.forward_features(x)
+
+    @property
+    def patch_size(self) -> Optional[int]:
+        pe = getattr(self.model, "patch_embed", None)
+        return None if pe is None else int(pe.patch_size[0])
+
+    def metadata(self) -> dict[str, str]:
+        return {"timm_name": self.name, "timm_kwargs": json.dumps(self.timm_kwargs),
+                "small_input": json.dumps(self.small_input), "family": self.family}
+
+
+def _timm_kwargs(cfg: Any, image_size: int, family_hint: str) -> dict[str, Any]:
+    extra = getattr(cfg, "kwargs", None) or {}
+    if OmegaConf.is_config(extra):
+        extra = OmegaConf.to_container(extra, resolve=True)
+    kwargs: dict[str, Any] = {"num_classes": 0, **extra}
+    if cfg.drop_path_rate:
+        kwargs["drop_path_rate"] = float(cfg.drop_path_rate)
+    if family_hint == "vit":
+        patch = cfg.patch_size or (4 if cfg.small_input else None)
+        kwargs.update(img_size=image_size, dynamic_img_size=True)
+        if patch:
+            if image_size % patch:
+                raise UserError(f"image size {image_size} is not divisible by the ViT patch size "
+                                f"{patch}; set backbone.patch_size to a divisor of "
+                                f"data.image_size (e.g. 4 for 32 px)")
+            kwargs["patch_size"] = patch
+    elif cfg.patch_size is not None:
+        raise UserError(f"backbone.patch_size is only for ViTs, not '{cfg.name}'; remove it")
+    return kwargs
+
+
+def _family_hint(name: str) -> str:
+    try:
+        cls_name = timm.models.get_pretrained_cfg_value(name, "architecture") or name
+    except Exception:  # noqa: BLE001 - best effort
+        cls_name = name
+    base = name.split(".")[0]
+    entry = timm.models._registry._model_entrypoints.get(base)  # noqa: SLF001
+    module = getattr(entry, "__module__", "") if entry else ""
+    if module.endswith("vision_transformer"):
+        return "vit"
+    if module.endswith(".resnet"):
+        return "resnet"
+    return "vit" if str(cls_name).startswith("vit") else "other"
+
+
+def create_backbone(cfg: Any, image_size: int) -> Backbone:
+    """Build the backbone of ``cfg`` (a ``BackboneConfig``) for ``image_size`` px inputs."""
+    name = cfg.name
+    if not timm.is_model(name):
+        raise UserError(f"unknown backbone '{name}'"
+                        f"{did_you_mean(name, timm.list_models(name[:3] + '*') or timm.list_models())}"
+                        f"; use a timm model name (e.g. resnet18, vit_tiny_patch16_224)")
+    family = _family_hint(name)
+    kwargs = _timm_kwargs(cfg, image_size, family)
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise UserError(f"backbone '{name}' rejected its arguments ({e}); check backbone.kwargs "
+                        f"/ backbone.patch_size") from None
+    if family == "resnet" and cfg.small_input:
+        adapt_small_input(model)
+    bb = Backbone(model, name, kwargs, bool(cfg.small_input))
+    if cfg.checkpoint:
+        load_weights(bb, cfg.checkpoint)
+    return bb
+
+
+def save_backbone(bb: Backbone, path: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    from ..utils import atomic_write
+
+    state = {k: v.detach().cpu().contiguous() for k, v in bb.model.state_dict().items()}
+    return atomic_write(path, lambda p: save_file(state, str(p), metadata=bb.metadata()))
+
+
+def load_weights(bb: Backbone, path: str | Path) -> None:
+    """Load timm-format weights (safetensors, or a torch file loaded with weights_only=True)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"backbone checkpoint not found: {p}; fix backbone.checkpoint")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(p))
+    else:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "backbone"):
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
+    missing, unexpected = bb.model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"checkpoint {p} does not match backbone '{bb.name}': "
+                        f"{len(missing)} missing keys (e.g. {missing[:2]}), "
+                        f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+
+
+def load_backbone(path: str | Path) -> Backbone:
+    """Rebuild a :class:`Backbone` from an sslbench ``backbone.safetensors``."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"backbone file not found: {p}")
+    with safe_open(str(p), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "timm_name" not in meta:
+        raise UserError(f"{p} has no sslbench metadata; load it with timm directly")
+    kwargs = json.loads(meta["timm_kwargs"])
+    model = timm.create_model(meta["timm_name"], pretrained=False, **kwargs)
+    small = json.loads(meta.get("small_input", "false"))
+    if family_of(model) == "resnet" and small:
+        adapt_small_input(model)
+    bb = Backbone(model, meta["timm_name"], kwargs, small)
+    load_weights(bb, p)
+    return bb

@@ -1,0 +1,197 @@
+"""``sslbench`` command line: methods | pretrain | eval | run | leaderboard.
+
+Bad input (unknown key, wrong type, missing path, unsupported backbone...) prints one line and
+exits with code 2; ``--debug`` shows the traceback. A failed run (e.g. non-finite loss) exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from .errors import UserError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summaries")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sslbench", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("methods", help="list registered methods (built-in and plugins)")
+    p.add_argument("--plugins", nargs="*", default=[], help="plugin .py files to load first")
+    _add_common(p)
+
+    p = sub.add_parser("pretrain", help="pretrain a method; writes a run directory")
+    p.add_argument("target", help="recipe YAML, or an existing run directory to resume")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--out", help="run directory (default runs/<run-id>); resumes if it has a checkpoint")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="evaluate a run (or a baseline) with frozen-feature protocols")
+    p.add_argument("target", help="run directory, or a recipe YAML for --backbone baselines")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--protocol", default="all", help="linear | knn | all (default all)")
+    p.add_argument("--backbone", default="run",
+                   help="run (the pretrained backbone) | random | pixels | timm:NAME")
+    _add_common(p)
+
+    p = sub.add_parser("run", help="pretrain, evaluate, record and render the leaderboard")
+    p.add_argument("target", help="recipe YAML (or a run directory to resume)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--out", help="run directory (default runs/<run-id>)")
+    _add_common(p)
+
+    p = sub.add_parser("leaderboard", help="render the leaderboard from stored records")
+    p.add_argument("--format", default="md", help="md | json | csv")
+    p.add_argument("--dir", default="leaderboard", help="leaderboard directory (default leaderboard)")
+    p.add_argument("--write", action="store_true", help="also (re)write <dir>/LEADERBOARD.md")
+    _add_common(p)
+    return ap
+
+
+def _load(target: str, overrides: list[str]):
+    from .config import load_recipe
+    from .run import load_run, recipe_info
+
+    t = Path(target)
+    if t.is_dir():
+        cfg, info = load_run(t)
+        if overrides:
+            cfg = load_recipe(t / "config.yaml", overrides)
+        return cfg, info.get("recipe") or recipe_info(None), t
+    cfg = load_recipe(t, overrides)
+    return cfg, recipe_info(t), None
+
+
+def _run_dir(cfg, recipe, given: Optional[str], existing: Optional[Path]) -> Path:
+    from .run import default_run_id
+
+    if existing is not None:
+        return existing
+    if given:
+        return Path(given)
+    return Path("runs") / default_run_id(cfg, recipe)
+
+
+def cmd_methods(args) -> int:
+    from .registry import load_plugin_file
+    from .ssl import METHODS
+
+    for path in args.plugins:
+        load_plugin_file(path)
+    rows = [(n, ", ".join(METHODS.get(n).families), METHODS.origin(n), METHODS.get(n).paper)
+            for n in METHODS.names()]
+    w = max(len(r[0]) for r in rows)
+    print(f"{'method':<{w}}  {'backbones':<12}  {'source':<10}  paper")
+    for name, fam, origin, paper in rows:
+        print(f"{name:<{w}}  {fam:<12}  {origin:<10}  {paper}")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .run import pretrain
+
+    cfg, recipe, existing = _load(args.target, args.overrides)
+    run_dir = _run_dir(cfg, recipe, args.out, existing)
+    info = pretrain(cfg, recipe, run_dir, args.quiet)
+    if not args.quiet and info:
+        pt = info.get("pretrain", {})
+        print(f"pretrained {run_dir}: {pt.get('steps')} steps, {pt.get('wall_time_s', 0):.1f} s, "
+              f"{pt.get('img_per_s', 0):.0f} img/s")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .run import PROTOCOLS, evaluate
+
+    cfg, recipe, run_dir = _load(args.target, args.overrides)
+    kind = {"random": "random_init", "pixels": "raw_pixels"}.get(args.backbone, args.backbone)
+    if kind == "run" and run_dir is None:
+        raise UserError(f"{args.target} is a recipe, not a run directory; pass a run made by "
+                        f"'sslbench pretrain', or use --backbone random|pixels|timm:NAME")
+    protocols = list(PROTOCOLS) if args.protocol == "all" else args.protocol.split(",")
+    records = evaluate(cfg, recipe, kind, run_dir if kind == "run" else None, protocols,
+                       quiet=args.quiet)
+    if not args.quiet:
+        _print_records(records)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .run import run
+
+    t0 = time.perf_counter()
+    cfg, recipe, existing = _load(args.target, args.overrides)
+    run_dir = _run_dir(cfg, recipe, args.out, existing)
+    records, board = run(cfg, recipe, run_dir, args.quiet)
+    if not args.quiet and records:
+        _print_records(records)
+        if board is not None:
+            print()
+            print(board.read_text())
+        print(f"run directory: {run_dir}   total wall time: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from .leaderboard import render, write_board
+
+    if args.write:
+        write_board(args.dir)
+    print(render(Path(args.dir) / "results", args.format), end="")
+    return 0
+
+
+def _print_records(records: list[dict]) -> None:
+    for r in records:
+        m = r["metrics"]
+        extra = "".join(f"  {k}={v:.4f}" for k, v in m.items() if k != "acc")
+        print(f"{r['method']:>12} {r['backbone']:>22} {r['protocol']:>7} seed={r['seed']} "
+              f"ev={r['eval_seed']}  acc={m.get('acc', float('nan')):.4f}{extra}")
+
+
+COMMANDS = {"methods": cmd_methods, "pretrain": cmd_pretrain, "eval": cmd_eval, "run": cmd_run,
+            "leaderboard": cmd_leaderboard}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # key=value overrides may appear anywhere after the subcommand (argparse cannot intermix
+    # them with options), so pull them out first.
+    overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+    rest = [a for i, a in enumerate(argv) if i == 0 or a not in overrides]
+    args = _parser().parse_args(rest)
+    if hasattr(args, "overrides"):
+        args.overrides = overrides
+    elif overrides:
+        print(f"sslbench: error: '{args.cmd}' takes no key=value overrides "
+              f"(got {overrides[0]})", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.cmd](args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"sslbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sslbench: interrupted (a checkpoint-resumable run continues with "
+              "'sslbench pretrain RUN_DIR')", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001
+        from .engine import TrainingError
+
+        if args.debug or not isinstance(e, TrainingError):
+            raise
+        print(f"sslbench: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Data sources -> named splits of (uint8 image, label). See ``base.py`` for the contract.
+
+This package is ``sslbench.datasets`` — never importable as top-level ``datasets`` (that name
+belongs to HuggingFace).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UserError
+from .base import ImageDataset, SubsetImageDataset, TensorImageDataset, resize_uint8
+
+SOURCES = ("embedded", "cifar10", "cifar100", "imagefolder", "hf", "parquet", "hf_imagefolder")
+
+
+def load_splits(cfg: Any) -> dict[str, ImageDataset]:
+    """All splits of the dataset described by ``cfg`` (a ``DataConfig``)."""
+    if cfg.name == "embedded":
+        from .embedded import build_embedded
+
+        return dict(build_embedded(cfg.image_size, cfg.renders_per_train_glyph,
+                                   cfg.renders_per_test_glyph))
+    if cfg.name not in SOURCES:
+        from ..errors import did_you_mean
+
+        raise UserError(f"unknown dataset source data.name='{cfg.name}'"
+                        f"{did_you_mean(cfg.name, SOURCES)}")
+    if not cfg.path:
+        raise UserError(f"data.path is required for data.name='{cfg.name}' "
+                        f"(a local directory/file or HF hub name)")
+    from .sources import load_source
+
+    return load_source(cfg.name, cfg.path, cfg.image_size, cfg.image_key, cfg.label_key)
+
+
+def get_split(splits: dict[str, ImageDataset], name: str, what: str) -> ImageDataset:
+    if name not in splits:
+        from ..errors import did_you_mean
+
+        raise UserError(f"dataset has no split '{name}' for {what}"
+                        f"{did_you_mean(name, splits)}")
+    return splits[name]
+
+
+__all__ = ["ImageDataset", "TensorImageDataset", "SubsetImageDataset", "resize_uint8",
+           "load_splits", "get_split", "SOURCES"]

@@ -1,0 +1,114 @@
+"""The embedded default benchmark: real handwritten digits rendered with nuisance factors.
+
+Built deterministically from scikit-learn's bundled digits (1,797 real 8×8 glyphs, no download).
+Plain 8×8 digits cannot rank SSL methods (raw-pixel logistic regression ~96%), so every glyph is
+rendered into a 32×32 RGB image with nuisances that defeat raw pixels but that SSL augmentations
+(crops, colour jitter, grayscale) teach invariance to (calibration: ../shared/notes and README):
+
+- position anywhere on the canvas, glyph size 20–26 px, rotation ±10°;
+- polarity: dark-on-light or light-on-dark at random, random grey levels, mild colour tint;
+- Gaussian pixel noise σ = 0.05.
+
+Splits are by glyph (stratified 75/25, seed 0), so no test glyph is ever seen in training:
+``train`` (4 renders per train glyph), ``test`` (2 renders per test glyph) and ``ood`` (2 renders
+per test glyph with shifted nuisances: smaller 14–20 px glyphs, rotation ±25°, saturated random
+colours instead of grey levels, noise σ = 0.08). ``groups`` holds the glyph id of every render so
+validation splits can be carved by glyph too.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import TensorImageDataset
+
+CLASSES = [str(i) for i in range(10)]
+
+
+@dataclass(frozen=True)
+class Nuisance:
+    size: tuple[float, float]  # glyph side in px
+    rotation: float  # max |angle| in degrees
+    colour: str  # "grey" (polarity + grey levels + tint) | "rgb" (random saturated colours)
+    tint: float
+    noise: float
+
+
+IN_DIST = Nuisance(size=(20, 26), rotation=10, colour="grey", tint=0.15, noise=0.05)
+SHIFTED = Nuisance(size=(14, 20), rotation=25, colour="rgb", tint=0.0, noise=0.08)
+
+
+def _u(g: torch.Generator, n: int, lo: float, hi: float) -> Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def render(glyphs: Tensor, nuisance: Nuisance, g: torch.Generator, size: int = 32) -> Tensor:
+    """Render (n, 8, 8) glyph intensities in [0, 1] into uint8 (n, 3, size, size) images."""
+    n = glyphs.shape[0]
+    # smooth the 8x8 glyph before placing it (avoids blocky strokes)
+    src = F.interpolate(glyphs[:, None].float(), size=(32, 32), mode="bicubic",
+                        align_corners=False).clamp(0, 1)
+    side = _u(g, n, *nuisance.size)
+    angle = _u(g, n, -nuisance.rotation, nuisance.rotation) * math.pi / 180
+    half = side / size  # glyph half-extent in normalised canvas units ([-1, 1] = full canvas)
+    reach = (1 - half * 1.1).clamp(min=0)  # keep the glyph (roughly) inside the canvas
+    cx, cy = _u(g, n, -1, 1) * reach, _u(g, n, -1, 1) * reach
+    k = size / side  # canvas-normalised -> glyph-normalised scale
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # q = k * R(-angle) (p - c)
+    a11, a12, a21, a22 = k * cos, k * sin, -k * sin, k * cos
+    theta = torch.stack([
+        torch.stack([a11, a12, -(a11 * cx + a12 * cy)], 1),
+        torch.stack([a21, a22, -(a21 * cx + a22 * cy)], 1),
+    ], 1)
+    grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
+    mask = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    if nuisance.colour == "grey":
+        dark_on_light = torch.rand(n, generator=g) < 0.5
+        light, dark = _u(g, n, 0.6, 0.95), _u(g, n, 0.05, 0.4)
+        fg = torch.where(dark_on_light, dark, light)[:, None].expand(n, 3)
+        bg = torch.where(dark_on_light, light, dark)[:, None].expand(n, 3)
+        tint = 1 + nuisance.tint * (2 * torch.rand(n, 3, generator=g) - 1)
+        fg, bg = (fg * tint).clamp(0, 1), (bg * tint).clamp(0, 1)
+    else:  # random saturated colours, foreground and background far apart
+        fg = torch.rand(n, 3, generator=g)
+        bg = torch.rand(n, 3, generator=g)
+        far = (fg - bg).abs().sum(1, keepdim=True) < 0.9
+        bg = torch.where(far, 1 - fg, bg)
+    img = bg[:, :, None, None] * (1 - mask) + fg[:, :, None, None] * mask
+    img = img + nuisance.noise * torch.randn(img.shape, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=4)
+def build_embedded(image_size: int = 32, renders_per_train_glyph: int = 4,
+                   renders_per_test_glyph: int = 2, seed: int = 0) -> dict[str, TensorImageDataset]:
+    """Build the benchmark's splits (deterministic for a given seed and arguments)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    glyphs = torch.from_numpy(digits.images).float() / 16.0  # (1797, 8, 8)
+    labels = torch.from_numpy(digits.target).long()
+    ids = torch.arange(len(labels))
+    train_ids, test_ids = train_test_split(ids.numpy(), test_size=0.25, random_state=seed,
+                                           stratify=labels.numpy())
+    train_ids, test_ids = torch.from_numpy(train_ids), torch.from_numpy(test_ids)
+    g = torch.Generator().manual_seed(seed)
+
+    def make(split_ids: Tensor, reps: int, nuisance: Nuisance, name: str) -> TensorImageDataset:
+        gid = split_ids.repeat_interleave(reps)
+        imgs = render(glyphs[gid], nuisance, g, image_size)
+        return TensorImageDataset(imgs, labels[gid], CLASSES, groups=gid, name=f"embedded:{name}")
+
+    return {
+        "train": make(train_ids, renders_per_train_glyph, IN_DIST, "train"),
+        "test": make(test_ids, renders_per_test_glyph, IN_DIST, "test"),
+        "ood": make(test_ids, renders_per_test_glyph, SHIFTED, "ood"),
+    }

@@ -1,0 +1,1 @@
+"""Shared evaluator: frozen-feature protocols (linear probe, k-NN); more protocols follow."""

@@ -1,0 +1,55 @@
+"""Optimisers: SGD, AdamW and LARS (the MoCo v3 / MAE / DINO version, spec §1.2)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import UserError, did_you_mean
+
+OPTIMIZERS = ("sgd", "adamw", "lars")
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS: for params with ndim > 1, ``g += wd*w``; ``g *= eta*||w||/||g||``; heavy-ball
+    momentum. 1-D params (biases, norms) get neither weight decay nor adaptation."""
+
+    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
+                 trust_coefficient: float = 0.001) -> None:
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                        trust_coefficient=trust_coefficient)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                dp: Tensor = p.grad
+                if p.ndim > 1:
+                    dp = dp.add(p, alpha=g["weight_decay"])
+                    pn, un = torch.norm(p), torch.norm(dp)
+                    q = torch.where((pn > 0) & (un > 0), g["trust_coefficient"] * pn / un,
+                                    torch.ones_like(pn))
+                    dp = dp.mul(q)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(g["momentum"]).add_(dp)
+                p.add_(mu, alpha=-g["lr"])
+        return loss
+
+
+def create_optimizer(param_groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(param_groups, lr=0.0, momentum=cfg.momentum)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=0.0, betas=tuple(cfg.betas))
+    if cfg.name == "lars":
+        return LARS(param_groups, lr=0.0, momentum=cfg.momentum,
+                    trust_coefficient=cfg.trust_coefficient)
+    raise UserError(f"unknown optimizer optim.name='{cfg.name}'{did_you_mean(cfg.name, OPTIMIZERS)}")

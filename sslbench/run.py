@@ -1,0 +1,278 @@
+"""Builders and the three jobs: pretrain, evaluate, run (= pretrain + evaluate + leaderboard).
+
+Builders turn a validated config into objects (backbone, method, datasets); the loop itself lives
+in ``engine.py`` (MAE's main/engine split).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import distributed as D
+from .backbones import Backbone, create_backbone, load_backbone, save_backbone
+from .config import content_hash, load_recipe, to_dict, to_yaml
+from .datasets import ImageDataset, get_split, load_splits
+from .engine import fit
+from .errors import UserError
+from .eval.features import cached_extract, file_hash
+from .eval.knn import run_knn
+from .eval.linear import carve_validation, run_linear
+from .leaderboard import write_board, write_record
+from .leaderboard.record import SCHEMA_VERSION, now_iso
+from .ssl import DataSpec, SSLMethod, get_method
+from .ssl.augment import Normalize
+from .tracking import Tracker
+from .utils import atomic_write_json, atomic_write_text, provenance, seed_everything
+
+PROTOCOLS = ("linear", "knn")
+BASELINES = ("raw_pixels", "random_init")
+
+
+# -- builders -----------------------------------------------------------------------------------
+
+def resolve_device(cfg: DictConfig) -> torch.device:
+    want = cfg.train.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA device is available; use train.device=cpu")
+    if want == "cuda" and D.launched_by_torchrun():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if cfg.train.threads and want == "cpu":
+        torch.set_num_threads(cfg.train.threads)
+    return torch.device(want)
+
+
+def data_spec(cfg: DictConfig) -> DataSpec:
+    return DataSpec(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std))
+
+
+def build_method(cfg: DictConfig) -> SSLMethod:
+    """Backbone + method with its heads, initialised from ``train.seed``."""
+    seed_everything(cfg.train.seed)
+    method_cls = get_method(cfg.method.name)
+    backbone = create_backbone(cfg.backbone, cfg.data.image_size)
+    method_cls.check_backbone(backbone)
+    mcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(method_cls.Config),
+                                               {k: v for k, v in cfg.method.items()
+                                                if k != "name"}))
+    return method_cls(backbone, mcfg, data_spec(cfg))
+
+
+def recipe_info(path: Optional[str | Path]) -> dict[str, Any]:
+    if path is None:
+        return {"path": None, "sha256": None, "name": "adhoc"}
+    p = Path(path)
+    try:
+        shown = str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        shown = str(p)
+    return {"path": shown, "sha256": content_hash(p.read_bytes()), "name": p.stem}
+
+
+def wandb_config(cfg: DictConfig, recipe: dict[str, Any]) -> dict[str, Any]:
+    """Top-level keys dashboards group by, plus the full resolved config."""
+    return {"method": cfg.method.name, "backbone": cfg.backbone.name, "dataset": cfg.data.name,
+            "recipe": recipe["name"], "recipe_hash": recipe["sha256"], "seed": cfg.train.seed,
+            "config": to_dict(cfg)}
+
+
+def default_run_id(cfg: DictConfig, recipe: dict[str, Any]) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{recipe['name']}-{cfg.method.name}-{cfg.backbone.name}-s{cfg.train.seed}-{stamp}"
+
+
+# -- pretraining --------------------------------------------------------------------------------
+
+def load_run(run_dir: str | Path) -> tuple[DictConfig, dict[str, Any]]:
+    d = Path(run_dir)
+    if not (d / "config.yaml").is_file():
+        raise UserError(f"{d} is not a run directory (no config.yaml); pass a run made by "
+                        f"'sslbench pretrain'")
+    cfg = load_recipe(d / "config.yaml")
+    info = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else {}
+    return cfg, info
+
+
+def pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = False,
+             tracker: Optional[Tracker] = None) -> dict[str, Any]:
+    """Pretrain into ``run_dir`` (resuming from its checkpoint if there is one)."""
+    device = resolve_device(cfg)
+    D.init_from_env(device.type)
+    splits = load_splits(cfg.data)
+    train = get_split(splits, cfg.data.train_split, "pretraining")
+    method = build_method(cfg)
+    seed_everything(cfg.train.seed * 1000 + D.rank())  # augmentation streams differ per rank
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info_path = run_dir / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if D.is_main():
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        info.update(run_id=run_dir.name, recipe=recipe, status="running",
+                    world_size=D.world_size(), provenance=provenance(device))
+        atomic_write_json(info_path, info)
+    own_tracker = tracker is None
+    if tracker is None:
+        tracker = Tracker(run_dir / "metrics.jsonl", cfg.logging, run_dir.name, "pretrain",
+                          wandb_config(cfg, recipe), run_dir,
+                          tags=[cfg.method.name, cfg.backbone.name, cfg.data.name])
+    try:
+        result = fit(method, train, cfg, run_dir, device, tracker, quiet)
+        if D.is_main():
+            save_backbone(method.eval_backbone(), run_dir / "backbone.safetensors")
+            info.update(status="done", pretrain=asdict(result))
+            atomic_write_json(info_path, info)
+        tracker.summary({"pretrain/wall_time_s": result.wall_time_s,
+                         "pretrain/img_per_s": result.img_per_s})
+    finally:
+        if own_tracker:
+            tracker.finish()
+    D.barrier()
+    return info
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+def _feature_fn(kind: str, backbone: Optional[Backbone], normalize: Normalize):
+    if kind == "raw_pixels":
+        return lambda x: normalize(x).flatten(1)
+    assert backbone is not None
+    return lambda x: backbone(normalize(x))
+
+
+def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
+             run_dir: Optional[Path] = None, protocols: Optional[list[str]] = None,
+             tracker: Optional[Tracker] = None, quiet: bool = False,
+             pretrain_info: Optional[dict] = None) -> list[dict[str, Any]]:
+    """Evaluate a pretrained run (``kind="run"``) or a baseline (``random_init``,
+    ``raw_pixels``, ``timm:NAME``) with every protocol x eval seed; write one record each."""
+    if not D.is_main():
+        return []
+    protocols = list(protocols or cfg.eval.protocols)
+    for p in protocols:
+        if p not in PROTOCOLS:
+            from .errors import did_you_mean
+
+            raise UserError(f"unknown protocol '{p}'{did_you_mean(p, PROTOCOLS)}")
+    device = resolve_device(cfg)
+    splits = load_splits(cfg.data)
+    train = get_split(splits, cfg.data.train_split, "evaluation")
+    evals = {"test": get_split(splits, cfg.data.test_split, "evaluation")}
+    if cfg.data.ood_split and cfg.data.ood_split in splits:
+        evals["ood"] = splits[cfg.data.ood_split]
+    normalize = Normalize(cfg.data.mean, cfg.data.std).to(device)
+
+    backbone, cache_dir, cache_key = None, None, kind
+    method_name, backbone_name, family = kind, cfg.backbone.name, None
+    if kind == "run":
+        assert run_dir is not None
+        weights = run_dir / "backbone.safetensors"
+        if not weights.is_file():
+            raise UserError(f"{run_dir} has no backbone.safetensors (pretraining not finished?); "
+                            f"continue it with: sslbench pretrain {run_dir}")
+        backbone = load_backbone(weights)
+        cache_dir, cache_key = run_dir / "features", f"bb-{file_hash(weights)}"
+        method_name = cfg.method.name
+    elif kind == "random_init":
+        seed_everything(cfg.train.seed)
+        backbone = create_backbone(cfg.backbone, cfg.data.image_size)
+        cache_key = f"random-s{cfg.train.seed}"
+    elif kind.startswith("timm:"):
+        import copy
+
+        bcfg = copy.deepcopy(cfg.backbone)
+        bcfg.name = kind.split(":", 1)[1]
+        backbone = create_backbone(bcfg, cfg.data.image_size)
+        backbone_name = bcfg.name
+    elif kind == "raw_pixels":
+        backbone_name, family = "pixels", "pixels"
+    else:
+        from .errors import did_you_mean
+
+        raise UserError(f"unknown --backbone '{kind}'"
+                        f"{did_you_mean(kind, ('run', 'random', 'pixels', 'timm:NAME'))}")
+    if backbone is not None:
+        backbone.to(device)
+        family = backbone.family
+    fn = _feature_fn(kind, backbone, normalize)
+    bs = cfg.eval.batch_size
+
+    def feats(ds: ImageDataset):
+        return cached_extract(fn, ds, device, bs, cache_dir, cache_key, module=backbone)
+
+    t0 = time.perf_counter()
+    xtr, ytr = feats(train)
+    eval_feats = {name: feats(ds) for name, ds in evals.items()}
+    feature_time = time.perf_counter() - t0
+    prov = provenance(device)
+    records = []
+    for eval_seed in cfg.eval.seeds:
+        for protocol in protocols:
+            t1 = time.perf_counter()
+            if protocol == "linear":
+                tr, va = carve_validation(ytr, train.groups, cfg.eval.linear.val_fraction,
+                                          eval_seed)
+                split_feats = {"train": (xtr[tr], ytr[tr]), "val": (xtr[va], ytr[va]),
+                               **eval_feats}
+                metrics, settings = run_linear(split_feats, train.num_classes,
+                                               cfg.eval.linear.c_grid, cfg.eval.linear.max_iter,
+                                               cfg.eval.linear.refit_on_train_and_val, device)
+                settings["val_split"] = {"fraction": cfg.eval.linear.val_fraction,
+                                         "by_group": train.groups is not None}
+            else:
+                metrics, settings = run_knn({"train": (xtr, ytr), **eval_feats},
+                                            train.num_classes, cfg.eval.knn.k,
+                                            cfg.eval.knn.temperature)
+            rec = {
+                "schema_version": SCHEMA_VERSION, "kind": "measured", "method": method_name,
+                "backbone": backbone_name, "backbone_family": family or "other",
+                "dataset": cfg.data.name, "protocol": protocol, "protocol_settings": settings,
+                "seed": cfg.train.seed, "eval_seed": int(eval_seed), "metrics": metrics,
+                "recipe": recipe, "run_id": run_dir.name if run_dir else None,
+                "config": to_dict(cfg), "provenance": prov,
+                "pretrain": (pretrain_info or {}).get("pretrain") if kind == "run" else None,
+                "wall_time_s": time.perf_counter() - t1 + feature_time / len(protocols),
+                "created": now_iso(),
+            }
+            write_record(Path(cfg.leaderboard.dir) / "results", rec)
+            records.append(rec)
+            if tracker is not None:
+                prefix = f"eval/{method_name if kind != 'run' else 'ssl'}/{protocol}"
+                tracker.summary({f"{prefix}/{k}": v for k, v in metrics.items()})
+    return records
+
+
+# -- the main job -------------------------------------------------------------------------------
+
+def run(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = False
+        ) -> tuple[list[dict[str, Any]], Optional[Path]]:
+    """Pretrain, evaluate the run and the recipe's baselines, record and render the board."""
+    tracker = None
+    if D.is_main() or not D.launched_by_torchrun():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tracker = Tracker(run_dir / "metrics.jsonl", cfg.logging, run_dir.name, "pretrain",
+                          wandb_config(cfg, recipe), run_dir,
+                          tags=[cfg.method.name, cfg.backbone.name, cfg.data.name])
+    try:
+        info = pretrain(cfg, recipe, run_dir, quiet, tracker or Tracker(None))
+        records = evaluate(cfg, recipe, "run", run_dir, tracker=tracker, quiet=quiet,
+                           pretrain_info=info)
+        for baseline in cfg.eval.baselines:
+            if baseline not in BASELINES and not baseline.startswith("timm:"):
+                raise UserError(f"unknown baseline '{baseline}' in eval.baselines "
+                                f"(valid: {', '.join(BASELINES)}, timm:NAME)")
+            records += evaluate(cfg, recipe, baseline, None, tracker=tracker, quiet=quiet)
+    finally:
+        if tracker is not None:
+            tracker.finish()
+    board = None
+    if D.is_main() and cfg.leaderboard.render:
+        board = write_board(cfg.leaderboard.dir)
+    return records, board

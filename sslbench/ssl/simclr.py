@@ -1,0 +1,97 @@
+"""SimCLR v1 (spec §2).
+
+[0] Chen, Kornblith, Norouzi, Hinton. A Simple Framework for Contrastive Learning of Visual
+    Representations. ICML 2020. https://arxiv.org/abs/2002.05709
+    Official code: https://github.com/google-research/simclr
+
+Loss convention: the *mean* over the 2N anchors (solo-learn), i.e. half of the official TF code's
+``loss_a + loss_b``; learning rates from the TF code must account for that factor of 2.
+Projection head: the official code's (BN after every layer, the last BN without centre), with
+``head_batch_norm: false`` giving the paper's plain ``W2·ReLU(W1·h)``. Augmentation at 32 px:
+no blur and colour strength 0.5 (official README for CIFAR-10).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..distributed import gather_with_grad, rank
+from .augment import Normalize, simclr_view
+from .base import SSLMethod, StepInfo, register_method
+from .heads import mlp_head
+
+
+def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float, gather: bool = True) -> Tensor:
+    """NT-Xent over the 2N views, self-similarity masked, mean over the local anchors.
+
+    Negatives are gathered from every process *with* gradient; the positive of local anchor ``i``
+    sits at global index ``rank * n + i`` in the other view's block. Computed in fp32.
+
+    Args:
+        z1, z2: (n, D) projections of the two views of the same n images (un-normalised).
+    """
+    assert z1.shape == z2.shape and z1.ndim == 2, f"bad shapes {z1.shape} {z2.shape}"
+    z1 = F.normalize(z1.float(), dim=1)
+    z2 = F.normalize(z2.float(), dim=1)
+    n = z1.shape[0]
+    if gather:
+        z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)
+        offset = rank() * n if z1_all.shape[0] != n else 0
+    else:
+        z1_all, z2_all, offset = z1, z2, 0
+    big_n = z1_all.shape[0]
+    anchors = torch.cat([z1, z2])  # (2n, D)
+    candidates = torch.cat([z1_all, z2_all])  # (2N, D)
+    logits = anchors @ candidates.T / temperature  # (2n, 2N)
+    idx = torch.arange(n, device=z1.device) + offset
+    self_idx = torch.cat([idx, idx + big_n])
+    pos_idx = torch.cat([idx + big_n, idx])
+    rows = torch.arange(2 * n, device=z1.device)
+    logits[rows, self_idx] = -1e9  # finite: safe even if someone runs it in reduced precision
+    return F.cross_entropy(logits, pos_idx)
+
+
+@register_method("simclr")
+class SimCLR(SSLMethod):
+    """SimCLR: two augmented views, projection head, NT-Xent with in-batch negatives."""
+
+    families = ("resnet", "vit")
+    paper = "Chen et al., ICML 2020"
+
+    @dataclass
+    class Config:
+        temperature: float = 0.5  # official CIFAR-10 recipe; ImageNet uses 0.1
+        proj_hidden_dim: Optional[int] = None  # None: the backbone's feature dim (paper v1)
+        proj_dim: int = 128
+        head_batch_norm: bool = True
+        crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+        color_strength: float = 0.5  # 0.5 at 32 px, 1.0 at 224 px
+        blur_p: float = 0.0  # off at 32 px (hurts); 0.5 at 224 px
+        flip_p: float = 0.5
+
+    def __init__(self, backbone, cfg, data) -> None:
+        super().__init__(backbone, cfg, data)
+        d = backbone.num_features
+        self.projector = mlp_head(d, cfg.proj_hidden_dim or d, cfg.proj_dim, num_layers=2,
+                                  batch_norm=cfg.head_batch_norm, last_bn=cfg.head_batch_norm)
+        if cfg.head_batch_norm:  # official code: last BN has scale but no centre
+            self.projector[-1].bias.requires_grad_(False)
+        self.normalize = Normalize(data.mean, data.std)
+        self.augment = simclr_view(data.image_size, cfg.crop_scale, cfg.color_strength,
+                                   blur_p=cfg.blur_p, flip_p=cfg.flip_p)
+
+    @torch.no_grad()
+    def make_views(self, images: Tensor) -> list[Tensor]:
+        x = images.float() / 255.0
+        return [self.normalize(self.augment(x)) for _ in range(2)]
+
+    def forward(self, views: list[Tensor], step: StepInfo) -> dict[str, Tensor]:
+        n = views[0].shape[0]
+        h = self.backbone(torch.cat(views))  # (2n, D): one pass so BN sees both views
+        z = self.projector(h)  # (2n, proj_dim)
+        loss = nt_xent_loss(z[:n], z[n:], self.cfg.temperature)
+        return {"loss": loss}

@@ -1,0 +1,59 @@
+"""Shared fixtures. Every test runs in its own temporary working directory with W&B offline,
+so nothing is written into the repository's leaderboard/ or runs/."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    yield
+
+
+TINY = {
+    "method": {"name": "simclr", "proj_hidden_dim": 64, "proj_dim": 32, "temperature": 0.2},
+    "backbone": {"name": "test_resnet", "small_input": False},
+    "data": {"name": "embedded"},
+    "optim": {"name": "sgd", "lr": 0.1},
+    "train": {"batch_size": 64, "max_steps": 6, "checkpoint_every": 3, "log_every": 2},
+    "eval": {"protocols": ["linear", "knn"], "baselines": ["raw_pixels", "random_init"],
+             "linear": {"c_grid": [0.1, 1.0], "max_iter": 30}, "knn": {"k": 20}},
+    "logging": {"wandb": False},
+}
+
+
+def write_recipe(path: Path, overrides: dict | None = None) -> Path:
+    """Write TINY (deep-updated with ``overrides``) to ``path``."""
+    import copy
+
+    cfg = copy.deepcopy(TINY)
+
+    def merge(a: dict, b: dict) -> None:
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(a.get(k), dict):
+                merge(a[k], v)
+            else:
+                a[k] = v
+
+    merge(cfg, overrides or {})
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path) -> Path:
+    return write_recipe(tmp_path / "tiny.yaml")

@@ -1,0 +1,137 @@
+"""The command line end to end: the main job, bad input, plugins, stdlib-name safety."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, write_recipe
+from sslbench.cli import main
+
+
+def _err_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, f"expected one line, got: {err!r}"
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["train.batchsize=8"], "did you mean 'batch_size'"),
+    (["train.max_steps=many"], "train.max_steps"),
+    (["data.name=imagefolder", "data.path=/nonexistent/data"], "/nonexistent/data"),
+    (["method.name=simclear"], "unknown method 'simclear'"),
+    (["backbone.name=resnet181"], "unknown backbone 'resnet181'"),
+    (["backbone.name=test_vit", "backbone.patch_size=5"], "not divisible by the ViT patch size"),
+    (["data.name=cifar10"], "data.path is required"),
+])
+def test_bad_input_one_line_exit_2(tiny_recipe, capsys, overrides, needle):
+    code = main(["pretrain", str(tiny_recipe), *overrides, "--out", "r"])
+    assert code == 2
+    assert needle in _err_line(capsys)
+    assert not Path("r/checkpoint.pt").exists()
+
+
+def test_missing_recipe_and_debug_traceback(capsys):
+    assert main(["run", "nope.yaml"]) == 2
+    assert "recipe not found: nope.yaml" in _err_line(capsys)
+    from sslbench.errors import UserError
+
+    with pytest.raises(UserError):
+        main(["run", "nope.yaml", "--debug"])
+
+
+@pytest.mark.slow
+def test_run_main_job_writes_run_records_and_board(tiny_recipe, capsys, tmp_path):
+    code = main(["run", str(tiny_recipe), "--out", "runs/tiny", "leaderboard.dir=lb"])
+    assert code == 0
+    run = Path("runs/tiny")
+    for f in ("config.yaml", "checkpoint.pt", "backbone.safetensors", "metrics.jsonl", "run.json"):
+        assert (run / f).is_file(), f
+    records = sorted(Path("lb/results/embedded").glob("*.json"))
+    methods = {(json.loads(p.read_text())["method"], json.loads(p.read_text())["protocol"])
+               for p in records}
+    assert methods == {(m, p) for m in ("simclr", "raw_pixels", "random_init")
+                       for p in ("linear", "knn")}
+    rec = json.loads(next(p for p in records if "simclr" in p.name and "linear" in p.name)
+                     .read_text())
+    assert 0 <= rec["metrics"]["acc"] <= 1 and "ood_acc" in rec["metrics"]
+    assert rec["recipe"]["sha256"] and rec["config"]["method"]["name"] == "simclr"
+    assert rec["provenance"]["torch"] and rec["pretrain"]["steps"] == 6
+    assert rec["protocol_settings"]["chosen_C"] in (0.1, 1.0)
+    board = Path("lb/LEADERBOARD.md").read_text()
+    assert "| simclr | test_resnet | tiny |" in board
+    out = capsys.readouterr().out
+    assert "sslbench leaderboard" in out and "total wall time" in out
+
+    # eval of an existing run reuses the cached features, and baselines work from a recipe
+    assert list((run / "features").glob("*.pt"))
+    assert main(["eval", str(run), "--protocol", "knn", "leaderboard.dir=lb2", "-q"]) == 0
+    assert len(list(Path("lb2/results/embedded").glob("*.json"))) == 1
+    assert main(["eval", str(tiny_recipe), "--backbone", "pixels", "--protocol", "knn",
+                 "leaderboard.dir=lb3", "-q"]) == 0
+    assert main(["leaderboard", "--dir", "lb", "--format", "csv"]) == 0
+    assert "simclr" in capsys.readouterr().out
+
+
+def test_methods_lists_simclr_and_plugin_file(tmp_path, capsys):
+    plugin = tmp_path / "my_method.py"
+    plugin.write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        from sslbench.ssl import register_method
+        from sslbench.ssl.simclr import SimCLR
+
+        @register_method("simclr_plugin_file")
+        class SimCLRPlugin(SimCLR):
+            families = ("resnet",)
+            paper = "test plugin"
+    '''))
+    assert main(["methods", "--plugins", str(plugin)]) == 0
+    out = capsys.readouterr().out
+    assert "simclr " in out and "simclr_plugin_file" in out and "resnet, vit" in out
+    recipe = write_recipe(tmp_path / "p.yaml", {"plugins": [str(plugin)],
+                                                "method": {"name": "simclr_plugin_file"},
+                                                "backbone": {"name": "test_vit"}})
+    assert main(["pretrain", str(recipe)]) == 2
+    assert "does not support vit backbones" in _err_line(capsys)
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+def test_entry_point_plugin_and_python_m(tmp_path):
+    """A method registered through the ``sslbench.methods`` entry-point group shows up."""
+    site = tmp_path / "site"
+    (site / "ep_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "ep_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: ep-plugin\nVersion: 0.1\n")
+    (site / "ep_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[sslbench.methods]\nsimclr_ep = ep_plugin:SimCLREP\n")
+    (site / "ep_plugin.py").write_text(textwrap.dedent('''
+        from sslbench.ssl.simclr import SimCLR
+        class SimCLREP(SimCLR):
+            paper = "entry point plugin"
+    '''))
+    r = subprocess.run([sys.executable, "-m", "sslbench", "methods"], capture_output=True,
+                       text=True, env=_env(PYTHONPATH=str(site)), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "simclr_ep" in r.stdout and "plugin ep_plugin:SimCLREP" in r.stdout
+
+
+def test_stdlib_ssl_and_hf_datasets_not_shadowed():
+    code = ("import ssl, datasets; ssl.create_default_context(); "
+            "assert hasattr(datasets, 'load_dataset'); "
+            "import sslbench.ssl, sslbench.datasets; print(ssl.__file__)")
+    for cwd in (REPO, REPO / "tests"):
+        r = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert str(REPO / "sslbench") not in r.stdout

@@ -1,0 +1,69 @@
+"""SimCLR invariants from the spec sheet (§2, checklist #1-3) and per-sample augmentation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sslbench.ssl.augment import simclr_view
+from sslbench.ssl.simclr import nt_xent_loss
+
+
+def test_nt_xent_orthonormal_identical_views__spec_value():
+    z = torch.eye(8)[:4]  # N=4 orthonormal embeddings, D=8
+    assert nt_xent_loss(z, z, 0.5).item() == pytest.approx(0.594438, abs=1e-6)
+    assert nt_xent_loss(z, z, 0.5).item() == pytest.approx(math.log(1 + 6 * math.exp(-2)), abs=1e-6)
+
+
+def test_nt_xent_orthonormal_large_batch__spec_value():
+    z = torch.eye(256)
+    assert nt_xent_loss(z, z, 0.2).item() == pytest.approx(1.489833, abs=1e-5)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5, 2.0])
+def test_nt_xent_collapsed__log_2n_minus_1(tau):
+    z = torch.ones(4, 16) * 3.0
+    assert nt_xent_loss(z, z, tau).item() == pytest.approx(1.945910, abs=1e-6)
+
+
+def test_nt_xent_invariances():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(10, 16, generator=g), torch.randn(10, 16, generator=g)
+    base = nt_xent_loss(z1, z2, 0.3)
+    assert nt_xent_loss(5.0 * z1, 0.1 * z2, 0.3).item() == pytest.approx(base.item(), abs=1e-6)
+    assert nt_xent_loss(z2, z1, 0.3).item() == pytest.approx(base.item(), abs=1e-6)
+    # TF convention (loss_a + loss_b, each a mean over N) is twice our mean over 2N
+    assert base.item() > 0
+
+
+def test_nt_xent_gradient_orthogonal_to_z():
+    g = torch.Generator().manual_seed(1)
+    z1 = torch.randn(6, 8, generator=g, requires_grad=True)
+    z2 = torch.randn(6, 8, generator=g, requires_grad=True)
+    nt_xent_loss(z1, z2, 0.5).backward()
+    dots = (z1.grad * z1.detach()).sum(1)
+    assert torch.allclose(dots, torch.zeros(6), atol=1e-6)
+    assert z1.grad.abs().sum() > 0
+
+
+def test_nt_xent_positive_pairs_lower_loss_than_random():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(32, 64, generator=g)
+    matched = nt_xent_loss(z, z + 0.01 * torch.randn(32, 64, generator=g), 0.2)
+    shuffled = nt_xent_loss(z, z[torch.randperm(32, generator=g)], 0.2)
+    assert matched < shuffled
+
+
+def test_augmentation_parameters_differ_per_sample():
+    """kornia draws independent parameters per sample (torchvision v2 on a batch would not)."""
+    torch.manual_seed(0)
+    aug = simclr_view(32, color_strength=0.5)
+    img = torch.rand(1, 3, 32, 32).expand(64, 3, 32, 32).contiguous()  # 64 identical images
+    out = aug(img)
+    flat = out.flatten(1)
+    distinct = torch.unique(flat.round(decimals=4), dim=0).shape[0]
+    assert distinct == 64, f"only {distinct} distinct views of 64 identical inputs"
+    crop_params = aug[0]._params["src"]  # per-sample crop boxes of the RandomResizedCrop
+    assert crop_params.shape[0] == 64
+    assert torch.unique(crop_params.flatten(1), dim=0).shape[0] > 32
