@@ -76,6 +76,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps
     log_every: int = 10
     threads: Optional[int] = None  # torch.set_num_threads on CPU
+    sync_bn: bool = True  # SyncBatchNorm under DDP on GPUs (torch has no CPU SyncBN)
 
 
 @dataclass

@@ -126,6 +126,10 @@ def fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device:
     peak_lr = scaled_lr(ocfg.lr, global_batch, ocfg.lr_scaling)
     warmup = round(ocfg.warmup_epochs * spe)
 
+    if is_dist() and tcfg.sync_bn and device.type == "cuda":
+        # global BN (SimCLR) / SyncBN (MoCo v3, DINO): local BN statistics leak positives.
+        # torch's SyncBatchNorm is GPU-only; CPU/gloo runs keep per-process BN.
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method.to(device)
     groups = method.param_groups(ocfg.weight_decay)
     optimizer = create_optimizer(groups, ocfg)

@@ -104,6 +104,10 @@ def load_run(run_dir: str | Path) -> tuple[DictConfig, dict[str, Any]]:
 def pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = False,
              tracker: Optional[Tracker] = None) -> dict[str, Any]:
     """Pretrain into ``run_dir`` (resuming from its checkpoint if there is one)."""
+    info_path = run_dir / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if info.get("status") == "done" and (run_dir / "backbone.safetensors").is_file():
+        return info  # finished earlier: nothing to resume
     device = resolve_device(cfg)
     D.init_from_env(device.type)
     splits = load_splits(cfg.data)
@@ -111,8 +115,6 @@ def pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool
     method = build_method(cfg)
     seed_everything(cfg.train.seed * 1000 + D.rank())  # augmentation streams differ per rank
     run_dir.mkdir(parents=True, exist_ok=True)
-    info_path = run_dir / "run.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     if D.is_main():
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
         info.update(run_id=run_dir.name, recipe=recipe, status="running",

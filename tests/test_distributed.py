@@ -105,3 +105,25 @@ def test_ddp_simclr_step_equals_single_process():
     for k, v in method.state_dict().items():
         torch.testing.assert_close(out[0]["w"][k], v, atol=1e-5, rtol=1e-4, msg=k)
         torch.testing.assert_close(out[1]["w"][k], v, atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.slow
+def test_torchrun_cli_pretrain_two_processes(tmp_path):
+    """`torchrun --nproc_per_node 2 -m sslbench pretrain` on CPU (gloo): rank 0 writes the run."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", {"train": {"max_steps": 3, "batch_size": 32}})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(_free_port()), "-m", "sslbench", "pretrain",
+                        str(recipe), "--out", "ddp", "-q"],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert info["world_size"] == 2 and info["status"] == "done"
+    assert info["pretrain"]["images_seen"] == 3 * 32
+    assert (tmp_path / "ddp" / "backbone.safetensors").is_file()

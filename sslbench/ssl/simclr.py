@@ -86,8 +86,11 @@ class SimCLR(SSLMethod):
 
     @torch.no_grad()
     def make_views(self, images: Tensor) -> list[Tensor]:
-        x = images.float() / 255.0
-        return [self.normalize(self.augment(x)) for _ in range(2)]
+        x = images.float().div_(255.0)
+        # one call on both copies: parameters are drawn per sample anyway, and one batched
+        # call is about twice as fast as two on CPU
+        views = self.normalize(self.augment(torch.cat([x, x])))
+        return list(views.chunk(2))
 
     def forward(self, views: list[Tensor], step: StepInfo) -> dict[str, Tensor]:
         n = views[0].shape[0]
