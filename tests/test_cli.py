@@ -135,3 +135,16 @@ def test_stdlib_ssl_and_hf_datasets_not_shadowed():
                            text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert str(REPO / "sslbench") not in r.stdout
+
+
+def test_stdlib_ssl_usable_inside_the_test_run():
+    import ssl
+
+    import datasets
+
+    import sslbench.datasets
+    import sslbench.ssl
+
+    assert ssl.create_default_context() is not None
+    assert hasattr(datasets, "load_dataset") and sslbench.ssl.__name__ == "sslbench.ssl"
+    assert not ssl.__file__.startswith(str(REPO / "sslbench"))

@@ -5,15 +5,23 @@ Plain 8×8 digits cannot rank SSL methods (raw-pixel logistic regression ~96%), 
 rendered into a 32×32 RGB image with nuisances that defeat raw pixels but that SSL augmentations
 (crops, colour jitter, grayscale) teach invariance to (calibration: ../shared/notes and README):
 
-- position anywhere on the canvas, glyph size 20–26 px, rotation ±10°;
+- position anywhere on the canvas that keeps the glyph inside, glyph size 20–26 px, rotation ±10°;
 - polarity: dark-on-light or light-on-dark at random, random grey levels, mild colour tint;
 - Gaussian pixel noise σ = 0.05.
 
 Splits are by glyph (stratified 75/25, seed 0), so no test glyph is ever seen in training:
 ``train`` (4 renders per train glyph), ``test`` (2 renders per test glyph) and ``ood`` (2 renders
-per test glyph with shifted nuisances: smaller 14–20 px glyphs, rotation ±25°, saturated random
-colours instead of grey levels, noise σ = 0.08). ``groups`` holds the glyph id of every render so
-validation splits can be carved by glyph too.
+per test glyph with shifted nuisances: rotation ±20° instead of ±10°, a strong colour tint
+(±50% per channel instead of ±15%) and noise σ = 0.08 instead of 0.05). The shift is calibrated
+to be meaningful for LP-FT-style experiments: a 320-step SimCLR probe drops from ~62% (test) to
+~37% (ood), a random-init probe from ~31% to ~17% — well above chance (10%) but clearly shifted.
+Saturated random RGB colours (the "rgb" colour mode) were too strong a shift (~22% for SimCLR).
+``groups`` holds the glyph id of every render so validation splits can be carved by glyph too.
+
+Known property: raw-pixel *k-NN* is strong here (~72%): cosine similarity ignores
+opposite-polarity neighbours and the position jitter of 20–26 px glyphs is only a few pixels.
+The nuisances defeat *linear* models on pixels (~17%), which is what the benchmark is calibrated
+for; smaller glyphs (more translation) lowered pixel k-NN but lowered SimCLR k-NN as much.
 """
 from __future__ import annotations
 
@@ -40,7 +48,7 @@ class Nuisance:
 
 
 IN_DIST = Nuisance(size=(20, 26), rotation=10, colour="grey", tint=0.15, noise=0.05)
-SHIFTED = Nuisance(size=(14, 20), rotation=25, colour="rgb", tint=0.0, noise=0.08)
+SHIFTED = Nuisance(size=(20, 26), rotation=20, colour="grey", tint=0.5, noise=0.08)
 
 
 def _u(g: torch.Generator, n: int, lo: float, hi: float) -> Tensor:
