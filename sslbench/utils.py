@@ -54,7 +54,9 @@ def git_commit(cwd: str | Path | None = None) -> dict[str, Any]:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # results and runs are outputs, not code: writing records must not mark the tree dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":/", ":(exclude,top)leaderboard", ":(exclude,top)runs"],
                                cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
         return {"commit": sha or None, "dirty": bool(dirty) if sha else None}
     except (OSError, subprocess.SubprocessError):
