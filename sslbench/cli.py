@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<run-id>)")
     _add_common(p)
 
+    p = sub.add_parser("benchmark", help="run a suite of recipes x seeds, skipping finished cells")
+    p.add_argument("suite", help="suite YAML (e.g. recipes/suites/embedded.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every cell")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their status")
+    p.add_argument("--only", help="glob on cell names (<recipe>-s<seed>) to run")
+    p.add_argument("--skip", help="glob on cell names to skip")
+    _add_common(p)
+
     p = sub.add_parser("leaderboard", help="render the leaderboard from stored records")
     p.add_argument("--format", default="md", help="md | json | csv")
     p.add_argument("--dir", default="leaderboard", help="leaderboard directory (default leaderboard)")
@@ -139,6 +147,15 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from .benchmark import run_suite
+
+    run_suite(args.suite, args.only, args.skip, args.dry_run, args.quiet, args.overrides)
+    if not args.dry_run and not args.quiet:
+        print("leaderboard: sslbench leaderboard")
+    return 0
+
+
 def cmd_leaderboard(args) -> int:
     from .leaderboard import render, write_board
 
@@ -157,7 +174,7 @@ def _print_records(records: list[dict]) -> None:
 
 
 COMMANDS = {"methods": cmd_methods, "pretrain": cmd_pretrain, "eval": cmd_eval, "run": cmd_run,
-            "leaderboard": cmd_leaderboard}
+            "benchmark": cmd_benchmark, "leaderboard": cmd_leaderboard}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -1,0 +1,43 @@
+"""`sslbench benchmark`: a suite of recipes x seeds, resumable, skipping finished cells."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import write_recipe
+from sslbench.benchmark import load_suite, run_suite
+from sslbench.cli import main
+from sslbench.errors import UserError
+
+
+def _suite(tmp_path) -> Path:
+    recipe = write_recipe(tmp_path / "tiny.yaml", {
+        "train": {"max_steps": 2, "batch_size": 32},
+        "eval": {"protocols": ["knn"], "baselines": []},
+        "leaderboard": {"dir": str(tmp_path / "lb"), "render": False}})
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "t", "seeds": [0, 1], "cells": [str(recipe)]}))
+    return suite
+
+
+@pytest.mark.slow
+def test_suite_runs_cells_once_and_filters(tmp_path, capsys):
+    suite = _suite(tmp_path)
+    assert [s for _, s in run_suite(suite, dry_run=True, quiet=True)] == ["todo", "todo"]
+    assert [s for _, s in run_suite(suite, only="tiny-s1", quiet=True)] == ["ran"]
+    assert [s for _, s in run_suite(suite, dry_run=True, quiet=True)] == ["todo", "done"]
+    assert main(["benchmark", str(suite), "--skip", "*-s0", "-q"]) == 0
+    assert [s for _, s in run_suite(suite, quiet=True, skip="*-s0")] == ["done"]
+    assert Path("runs/t/tiny-s1/backbone.safetensors").is_file()
+    assert len(list((tmp_path / "lb" / "results" / "embedded").glob("*.json"))) == 1
+
+
+def test_bad_suite_files(tmp_path):
+    with pytest.raises(UserError, match="suite file not found"):
+        load_suite(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("celss: [a.yaml]\n")
+    with pytest.raises(UserError, match="unknown key"):
+        load_suite(bad)
