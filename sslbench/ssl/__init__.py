@@ -6,7 +6,8 @@ shadow Python's ``ssl``).
 from __future__ import annotations
 
 from .base import METHODS, DataSpec, SSLMethod, StepInfo, register_method
-from . import simclr  # noqa: F401  (registers "simclr")
+# importing a method module registers it
+from . import context, greedy, mae, moco_v2, moco_v3, rotation, simclr  # noqa: F401
 
 
 def get_method(name: str) -> type[SSLMethod]:

@@ -25,6 +25,7 @@ def _setup(name: str, family: str):
     overrides = [f"method.name={name}", f"backbone.name={TINY[family]}", "optim.name=adamw"]
     if family == "resnet":
         overrides.append("backbone.small_input=false")  # stock stem: fast on CPU
+    overrides += [f"method.{k}={v}" for k, v in METHODS.get(name).test_overrides.items()]
     cfg = load_recipe(None, overrides)
     method = build_method(cfg)
     opt = create_optimizer(method.param_groups(0.0), cfg.optim)
@@ -54,7 +55,8 @@ def test_method_trains_and_resumes_exactly(name, family):
     total = 8
     losses = [_step(method, opt, views, StepInfo(s, total, 4), seed=s) for s in range(6)]
     assert all(math.isfinite(v) for v in losses), losses
-    assert losses[-1] < losses[0], f"loss did not decrease on a fixed batch: {losses}"
+    if not METHODS.get(name).memory_bank_loss:
+        assert losses[-1] < losses[0], f"loss did not decrease on a fixed batch: {losses}"
 
     buf = io.BytesIO()
     torch.save({"method": method.state_dict(), "opt": opt.state_dict()}, buf)
