@@ -202,9 +202,10 @@ def fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device:
                     f"then continue with: sslbench pretrain {run_dir} ")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if scaler.is_enabled():  # fp16: hooks and clipping must see true gradients
+                scaler.unscale_(optimizer)
             method.after_backward(info)
             if ocfg.clip_grad:
-                scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(method.parameters(), ocfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()

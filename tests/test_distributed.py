@@ -101,10 +101,11 @@ def test_ddp_simclr_step_equals_single_process():
     loss = method(views, StepInfo(0, 1, 1))["loss"]
     loss.backward()
     opt.step()
-    assert out[0]["loss"] == pytest.approx(loss.item(), abs=1e-5)
+    res = [out[0], out[1]]  # copy out of the Manager once (each access re-sends the dict)
+    assert res[0]["loss"] == pytest.approx(loss.item(), abs=1e-5)
     for k, v in method.state_dict().items():
-        torch.testing.assert_close(out[0]["w"][k], v, atol=1e-5, rtol=1e-4, msg=k)
-        torch.testing.assert_close(out[1]["w"][k], v, atol=1e-5, rtol=1e-4, msg=k)
+        torch.testing.assert_close(res[0]["w"][k], v, atol=1e-5, rtol=1e-4, msg=k)
+        torch.testing.assert_close(res[1]["w"][k], v, atol=1e-5, rtol=1e-4, msg=k)
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .base import METHODS, DataSpec, SSLMethod, StepInfo, register_method
 # importing a method module registers it
-from . import context, greedy, mae, moco_v2, moco_v3, rotation, simclr  # noqa: F401
+from . import context, dino, greedy, mae, moco_v2, moco_v3, rotation, simclr  # noqa: F401
 
 
 def get_method(name: str) -> type[SSLMethod]:
