@@ -13,8 +13,28 @@ from .base import ImageDataset, SubsetImageDataset, TensorImageDataset, resize_u
 SOURCES = ("embedded", "cifar10", "cifar100", "imagefolder", "hf", "parquet", "hf_imagefolder")
 
 
+_LAST: tuple[str, dict[str, ImageDataset]] | None = None
+
+
 def load_splits(cfg: Any) -> dict[str, ImageDataset]:
-    """All splits of the dataset described by ``cfg`` (a ``DataConfig``)."""
+    """All splits of the dataset described by ``cfg`` (a ``DataConfig``).
+
+    The last result is memoised: ``sslbench run`` asks for the same data when it pretrains,
+    evaluates the run and evaluates each baseline, and should read it from disk once.
+    """
+    global _LAST
+    import json
+
+    from omegaconf import OmegaConf
+
+    key = json.dumps(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg)
+                     else vars(cfg), sort_keys=True, default=str)
+    if _LAST is None or _LAST[0] != key:
+        _LAST = (key, _load_splits(cfg))
+    return dict(_LAST[1])
+
+
+def _load_splits(cfg: Any) -> dict[str, ImageDataset]:
     if cfg.name == "embedded":
         from .embedded import build_embedded
 
