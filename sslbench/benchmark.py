@@ -8,6 +8,13 @@ A suite file lists recipes (each with optional overrides) and seeds::
       - recipe: recipes/quickstart.yaml
       - recipe: recipes/embedded/moco_v3_vit.yaml
         overrides: [train.max_steps=200]
+    baselines:                      # optional: evaluated once per seed, not once per cell
+      - recipe: recipes/quickstart.yaml       # its data, backbone and protocols
+        kinds: [raw_pixels, random_init]
+
+Without a ``baselines:`` key every cell also evaluates its recipe's ``eval.baselines``. With
+one, cells skip their own baselines and each listed (recipe, kind) is evaluated once per seed:
+recipes that share a backbone would otherwise re-measure the same random-init network.
 
 Each (cell, seed) pretrains into ``runs/<suite>/<recipe>-s<seed>`` — a fixed directory, so a
 killed cell resumes from its checkpoint — then evaluates and records like ``sslbench run``.
@@ -32,10 +39,12 @@ class Cell:
     recipe: str
     overrides: list[str] = field(default_factory=list)
     seed: int = 0
+    baselines: tuple[str, ...] = ()  # non-empty: a baseline cell (evaluation only)
 
     @property
     def name(self) -> str:
-        return f"{Path(self.recipe).stem}-s{self.seed}"
+        kinds = "+".join(k.replace(":", "-") for k in self.baselines)
+        return f"{Path(self.recipe).stem}{'-' + kinds if kinds else ''}-s{self.seed}"
 
 
 def load_suite(path: str | Path) -> tuple[str, list[Cell]]:
@@ -43,35 +52,61 @@ def load_suite(path: str | Path) -> tuple[str, list[Cell]]:
     if not p.is_file():
         raise UserError(f"suite file not found: {p}")
     raw = yaml.safe_load(p.read_text()) or {}
-    unknown = set(raw) - {"name", "seeds", "cells"}
+    unknown = set(raw) - {"name", "seeds", "cells", "baselines"}
     if unknown:
-        raise UserError(f"{p}: unknown key(s) {sorted(unknown)} (valid: name, seeds, cells)")
+        raise UserError(f"{p}: unknown key(s) {sorted(unknown)} "
+                        f"(valid: name, seeds, cells, baselines)")
     seeds = raw.get("seeds", [0])
+    own_baselines = "baselines" not in raw
     cells = []
     for i, c in enumerate(raw.get("cells") or []):
         if isinstance(c, str):
             c = {"recipe": c}
         if not isinstance(c, dict) or "recipe" not in c or set(c) - {"recipe", "overrides"}:
             raise UserError(f"{p}: cell {i} must be a recipe path or {{recipe, overrides}}")
+        overrides = list(c.get("overrides") or []) + ([] if own_baselines
+                                                      else ["eval.baselines=[]"])
         for s in seeds:
-            cells.append(Cell(c["recipe"], list(c.get("overrides") or []), int(s)))
+            cells.append(Cell(c["recipe"], overrides, int(s)))
     if not cells:
         raise UserError(f"{p}: no cells; list recipes under 'cells:'")
+    for i, b in enumerate(raw.get("baselines") or []):
+        if (not isinstance(b, dict) or "recipe" not in b or not b.get("kinds")
+                or set(b) - {"recipe", "kinds", "overrides"}):
+            raise UserError(f"{p}: baselines entry {i} must be {{recipe, kinds: [raw_pixels | "
+                            f"random_init | timm:NAME, ...], overrides}}")
+        for s in seeds:
+            cells.append(Cell(b["recipe"], list(b.get("overrides") or []), int(s),
+                              tuple(b["kinds"])))
     return str(raw.get("name") or p.stem), cells
 
 
-def _done(cfg, recipe_name: str) -> bool:
-    """All protocols of the SSL run of this cell have a record for its seed."""
+def _record_identity(cfg, kind: Optional[str]) -> tuple[str, str]:
+    """(method, backbone) as ``run.evaluate`` writes them for an SSL run (None) or a baseline."""
+    if kind is None:
+        return cfg.method.name, cfg.backbone.name
+    if kind == "raw_pixels":
+        return kind, "pixels"
+    if kind.startswith("timm:"):
+        return kind, kind.split(":", 1)[1]
+    return kind, cfg.backbone.name
+
+
+def _done(cfg, recipe_name: str, kinds: tuple[str, ...] = ()) -> bool:
+    """Every protocol x eval seed of this cell (its SSL run, or each baseline kind) has a
+    record for the cell's seed."""
     from .leaderboard.record import record_path
 
     results = Path(cfg.leaderboard.dir) / "results"
-    for protocol in cfg.eval.protocols:
-        for ev in cfg.eval.seeds:
-            rec = {"recipe": {"name": recipe_name}, "method": cfg.method.name,
-                   "backbone": cfg.backbone.name, "protocol": protocol,
-                   "seed": cfg.train.seed, "eval_seed": ev, "dataset": cfg.data.name}
-            if not record_path(results, rec).is_file():
-                return False
+    for kind in kinds or (None,):
+        method, backbone = _record_identity(cfg, kind)
+        for protocol in cfg.eval.protocols:
+            for ev in cfg.eval.seeds:
+                rec = {"recipe": {"name": recipe_name}, "method": method, "backbone": backbone,
+                       "protocol": protocol, "seed": cfg.train.seed, "eval_seed": ev,
+                       "dataset": cfg.data.name}
+                if not record_path(results, rec).is_file():
+                    return False
     return True
 
 
@@ -80,10 +115,12 @@ def run_suite(path: str | Path, only: Optional[str] = None, skip: Optional[str] 
               ) -> list[tuple[Cell, str]]:
     """Run (or list, with ``dry_run``) the suite's cells; returns (cell, status) pairs."""
     from .config import load_recipe
-    from .run import recipe_info, run
+    from .leaderboard import write_board
+    from .run import evaluate, recipe_info, run
 
     suite, cells = load_suite(path)
     out = []
+    cfg = None
     for cell in cells:
         if only and not fnmatch.fnmatch(cell.name, only):
             continue
@@ -94,11 +131,22 @@ def run_suite(path: str | Path, only: Optional[str] = None, skip: Optional[str] 
         if cfg.logging.group is None:
             cfg.logging.group = suite
         info = recipe_info(cell.recipe)
-        status = "done" if _done(cfg, info["name"]) else "todo"
+        status = "done" if _done(cfg, info["name"], cell.baselines) else "todo"
         if status == "todo" and not dry_run:
-            run(cfg, info, Path("runs") / suite / cell.name, quiet)
+            if cell.baselines:
+                for kind in cell.baselines:
+                    evaluate(cfg, info, kind, None, quiet=quiet)
+                if cfg.leaderboard.render:
+                    write_board(cfg.leaderboard.dir)
+            else:
+                run(cfg, info, Path("runs") / suite / cell.name, quiet)
             status = "ran"
         out.append((cell, status))
-        if not quiet:
+        if not quiet or dry_run:  # a dry run's listing is its output, even under --quiet
             print(f"[{len(out)}] {cell.name:<40} {status}", flush=True)
+    if cfg is not None and any(s == "ran" for _, s in out):
+        from .tracking import log_leaderboard
+
+        # the aggregated board as a wandb.Table in the suite's group (no-op with W&B off)
+        log_leaderboard(cfg.leaderboard.dir, cfg.logging, group=cfg.logging.group)
     return out

@@ -1,4 +1,5 @@
-"""``sslbench`` command line: methods | pretrain | eval | run | leaderboard.
+"""``sslbench`` command line: methods | pretrain | eval | run | benchmark | leaderboard |
+check-method | new-method.
 
 Bad input (unknown key, wrong type, missing path, unsupported backbone...) prints one line and
 exits with code 2; ``--debug`` shows the traceback. A failed run (e.g. non-finite loss) exits 1.
@@ -33,10 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<run-id>); resumes if it has a checkpoint")
     _add_common(p)
 
-    p = sub.add_parser("eval", help="evaluate a run (or a baseline) with frozen-feature protocols")
+    p = sub.add_parser("eval", help="evaluate a run (or a baseline): probes, k-NN, fine-tuning, LP-FT")
     p.add_argument("target", help="run directory, or a recipe YAML for --backbone baselines")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.add_argument("--protocol", default="all", help="linear | knn | all (default all)")
+    p.add_argument("--protocol", default="all",
+                   help="linear | linear_sgd | knn | finetune | lpft, comma-separated, or all "
+                        "(default)")
     p.add_argument("--backbone", default="run",
                    help="run (the pretrained backbone) | random | pixels | timm:NAME")
     _add_common(p)
@@ -55,10 +58,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", help="glob on cell names to skip")
     _add_common(p)
 
-    p = sub.add_parser("leaderboard", help="render the leaderboard from stored records")
-    p.add_argument("--format", default="md", help="md | json | csv")
+    p = sub.add_parser("wandb-sync", help="upload offline W&B runs (wandb sync) found under "
+                                          "run directories")
+    p.add_argument("paths", nargs="*", default=["runs"], help="directories to search "
+                                                              "(default runs)")
+    p.add_argument("--dry-run", action="store_true", help="list the offline runs only")
+    _add_common(p)
+
+    p = sub.add_parser("check-method", help="run the conformance kit on a method "
+                                            "(contract checks on tiny backbones, 2-process DDP)")
+    p.add_argument("name", help="registered method name")
+    p.add_argument("--family", choices=("resnet", "vit"), help="only this backbone family")
+    p.add_argument("--plugins", nargs="*", default=[], help="plugin .py files to load first")
+    p.add_argument("--no-ddp", action="store_true", help="skip the 2-process gloo DDP check")
+    _add_common(p)
+
+    p = sub.add_parser("new-method", help="scaffold a method plugin package sslbench-NAME "
+                                          "(entry point, placeholder method, tests, recipe)")
+    p.add_argument("name", help="new method name: a lowercase Python identifier")
+    p.add_argument("--dir", help="target directory (default ./sslbench-NAME); must not exist")
+    _add_common(p)
+
+    p = sub.add_parser("leaderboard", help="render the leaderboard from stored records, or "
+                                           "check them ('sslbench leaderboard validate [DIR]')")
+    p.add_argument("action", nargs="?", default="render", choices=("render", "validate"),
+                   help="render (default) or validate every record file")
+    p.add_argument("path", nargs="?", metavar="DIR", help="leaderboard directory (default --dir)")
+    p.add_argument("--format", default="md", help="md | json | csv | html")
+    p.add_argument("--out", metavar="FILE", help="write the rendered board to FILE, not stdout")
     p.add_argument("--dir", default="leaderboard", help="leaderboard directory (default leaderboard)")
-    p.add_argument("--write", action="store_true", help="also (re)write <dir>/LEADERBOARD.md")
+    p.add_argument("--write", action="store_true",
+                   help="also (re)write <dir>/LEADERBOARD.md and <dir>/index.html")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log the aggregated board as a wandb.Table (job_type leaderboard)")
+    p.add_argument("--group", help="W&B group for --wandb (e.g. the suite name)")
     _add_common(p)
     return ap
 
@@ -158,10 +191,79 @@ def cmd_benchmark(args) -> int:
 
 def cmd_leaderboard(args) -> int:
     from .leaderboard import render, write_board
+    from .leaderboard.render import FORMATS
 
+    directory = args.path or args.dir
+    if args.action == "validate":
+        from .leaderboard.validate import main as validate
+
+        return validate(directory)
+    if args.format not in (*FORMATS, "html"):
+        raise UserError(f"unknown leaderboard format '{args.format}' "
+                        f"(valid: {', '.join((*FORMATS, 'html'))})")
     if args.write:
-        write_board(args.dir)
-    print(render(Path(args.dir) / "results", args.format), end="")
+        write_board(directory, html=True)
+    if args.wandb:
+        from .config import LoggingConfig
+        from .tracking import log_leaderboard
+
+        from omegaconf import OmegaConf
+
+        log_leaderboard(directory, OmegaConf.structured(LoggingConfig), group=args.group)
+    if args.format == "html":
+        from .leaderboard.html import render_html_dir
+
+        text = render_html_dir(Path(directory) / "results")
+    else:
+        text = render(Path(directory) / "results", args.format)
+    if args.out:
+        from .utils import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        if not args.quiet:
+            print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_wandb_sync(args) -> int:
+    from .tracking import wandb_sync
+
+    return wandb_sync(args.paths, args.dry_run, args.quiet)
+
+
+def cmd_check_method(args) -> int:
+    import os
+
+    import torch
+
+    from .conformance import check_method
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    checks = check_method(args.name, [args.family] if args.family else None,
+                          ddp=not args.no_ddp, plugins=args.plugins)
+    failed = [c for c in checks if c.ok is False]
+    for c in checks:
+        if not args.quiet or c.ok is False:
+            print(c.line())
+    if not args.quiet:
+        print(f"{args.name}: {len(checks) - len(failed)}/{len(checks)} checks passed or skipped"
+              + ("" if not failed else f", {len(failed)} FAILED"))
+    return 1 if failed else 0
+
+
+def cmd_new_method(args) -> int:
+    from .scaffold import scaffold
+
+    root = scaffold(args.name, args.dir)
+    if not args.quiet:
+        print(f"created {root}/ (method '{args.name}', package sslbench_{args.name}); next:\n"
+              f"  edit {root}/sslbench_{args.name}/__init__.py (the TODOs)\n"
+              f"  pip install -e {root}\n"
+              f"  sslbench check-method {args.name}\n"
+              f"  sslbench run {root}/recipes/embedded.yaml\n"
+              f"see {root}/README.md for the submission steps")
     return 0
 
 
@@ -174,7 +276,9 @@ def _print_records(records: list[dict]) -> None:
 
 
 COMMANDS = {"methods": cmd_methods, "pretrain": cmd_pretrain, "eval": cmd_eval, "run": cmd_run,
-            "benchmark": cmd_benchmark, "leaderboard": cmd_leaderboard}
+            "benchmark": cmd_benchmark, "leaderboard": cmd_leaderboard,
+            "check-method": cmd_check_method, "new-method": cmd_new_method,
+            "wandb-sync": cmd_wandb_sync}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -87,7 +87,7 @@ class KNNConfig:
 
 @dataclass
 class LinearConfig:
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # the validation split of every protocol that chooses settings
     # inverse regularisation strengths C (sklearn convention), chosen on the validation split
     c_grid: list[float] = field(default_factory=lambda: [10.0 ** e for e in range(-3, 3)])
     max_iter: int = 100
@@ -95,13 +95,61 @@ class LinearConfig:
 
 
 @dataclass
+class LinearSGDConfig:
+    """``linear_sgd``: BN(affine=False) -> Linear on cached frozen features (no augmentation),
+    SGD + warmup/cosine, lr chosen on the validation split (sslbench/eval/linear_sgd.py)."""
+    lr_grid: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0])  # absolute lrs
+    epochs: int = 30
+    batch_size: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.1
+    refit_on_train_and_val: bool = True
+
+
+@dataclass
+class FinetuneConfig:
+    """``finetune``: full fine-tuning, MAE recipe sized for 32 px on CPU
+    (sslbench/eval/finetune.py documents every deviation from spec §11.3)."""
+    steps: int = 150  # optimisation steps per lr of the grid, whatever the label fraction
+    batch_size: int = 128
+    lr_grid: list[float] = field(default_factory=lambda: [1e-3, 3e-3])  # absolute peak lrs
+    optimizer: str = "adamw"  # adamw (MAE) | sgd (momentum 0.9; Kumar et al.)
+    weight_decay: float = 0.05  # not on 1-D params, pos_embed, cls_token
+    layer_decay: Optional[float] = 0.75  # ViT only (timm param_groups_layer_decay); None = off
+    warmup_fraction: float = 0.1
+    min_lr: float = 1e-6
+    label_smoothing: float = 0.1
+    drop_path: float = 0.1
+    crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])  # RandomResizedCrop
+    flip_p: float = 0.0  # digits change identity when mirrored
+    head_init_std: float = 2e-5  # trunc_normal (MAE); LP-FT copies the probe's head instead
+    bn_eval: bool = False  # BatchNorm layers in eval mode while fine-tuning
+    refit_on_train_and_val: bool = False  # False: keep (and test) the best-validation model
+
+
+@dataclass
+class LPFTConfig(FinetuneConfig):
+    """``lpft``: the L-BFGS probe (eval.linear c_grid / max_iter, no refit) as head init, then
+    the fine-tuning pipeline with a smaller lr grid and BN in eval mode (Kumar et al. 2022)."""
+    lr_grid: list[float] = field(default_factory=lambda: [3e-4, 1e-3])  # ~3x below finetune
+    bn_eval: bool = True  # the paper's main variant (lp_then_ft_valmode)
+
+
+@dataclass
 class EvalConfig:
     protocols: list[str] = field(default_factory=lambda: ["linear", "knn"])
     baselines: list[str] = field(default_factory=lambda: ["raw_pixels", "random_init"])
     seeds: list[int] = field(default_factory=lambda: [0])
+    # class-stratified, seeded (per eval seed), nested subsets of the train split, applied to
+    # every protocol; the validation split (eval.linear.val_fraction, by group) is carved from it
+    label_fractions: list[float] = field(default_factory=lambda: [1.0])
     batch_size: int = 512
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
+    linear_sgd: LinearSGDConfig = field(default_factory=LinearSGDConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    lpft: LPFTConfig = field(default_factory=LPFTConfig)
 
 
 @dataclass

@@ -47,6 +47,11 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests register throwaway methods)."""
+        self._items.pop(name, None)
+        self._origin.pop(name, None)
+
     def load_entry_points(self) -> None:
         if self._entry_points_loaded or self.entry_point_group is None:
             return

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,8 +23,11 @@ from .datasets import ImageDataset, get_split, load_splits
 from .engine import fit
 from .errors import UserError
 from .eval.features import cached_extract, file_hash
+from .eval.finetune import run_finetune, run_lpft, stderr_log
 from .eval.knn import run_knn
-from .eval.linear import carve_validation, run_linear
+from .eval.linear import run_linear
+from .eval.linear_sgd import run_linear_sgd
+from .eval.sampling import subsample_and_carve
 from .leaderboard import write_board, write_record
 from .leaderboard.record import SCHEMA_VERSION, now_iso
 from .ssl import DataSpec, SSLMethod, get_method
@@ -31,7 +35,9 @@ from .ssl.augment import Normalize
 from .tracking import Tracker
 from .utils import atomic_write_json, atomic_write_text, provenance, seed_everything
 
-PROTOCOLS = ("linear", "knn")
+PROTOCOLS = ("linear", "knn", "linear_sgd", "finetune", "lpft")
+FROZEN_PROTOCOLS = ("linear", "knn", "linear_sgd")  # train nothing but a head on cached features
+FINETUNE_PROTOCOLS = ("finetune", "lpft")  # train a copy of the backbone (skipped for pixels)
 BASELINES = ("raw_pixels", "random_init")
 
 
@@ -131,6 +137,12 @@ def pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool
             save_backbone(method.eval_backbone(), run_dir / "backbone.safetensors")
             info.update(status="done", pretrain=asdict(result))
             atomic_write_json(info_path, info)
+            # evaluation runs name this artifact (lineage when online; config entry offline)
+            tracker.log_artifact(run_dir / "backbone.safetensors", f"backbone-{run_dir.name}",
+                                 "model", {"method": cfg.method.name,
+                                           "backbone": cfg.backbone.name,
+                                           "recipe": recipe.get("name"),
+                                           "git_commit": info["provenance"].get("git_commit")})
         tracker.summary({"pretrain/wall_time_s": result.wall_time_s,
                          "pretrain/img_per_s": result.img_per_s})
     finally:
@@ -154,7 +166,13 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
              tracker: Optional[Tracker] = None, quiet: bool = False,
              pretrain_info: Optional[dict] = None) -> list[dict[str, Any]]:
     """Evaluate a pretrained run (``kind="run"``) or a baseline (``random_init``,
-    ``raw_pixels``, ``timm:NAME``) with every protocol x eval seed; write one record each."""
+    ``raw_pixels``, ``timm:NAME``) with every label fraction x eval seed x protocol; write one
+    record each.
+
+    For each (label fraction, eval seed) one labelled subset of the train split and one
+    validation split carved from it (by group) are shared by every protocol
+    (``sslbench.eval.sampling``); at fraction 1 this is exactly the linear probe's former carve.
+    ``finetune`` / ``lpft`` train a copy of the backbone and are skipped for ``raw_pixels``."""
     if not D.is_main():
         return []
     protocols = list(protocols or cfg.eval.protocols)
@@ -203,6 +221,11 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
     if backbone is not None:
         backbone.to(device)
         family = backbone.family
+    if backbone is None and any(p in FINETUNE_PROTOCOLS for p in protocols):
+        if not quiet:
+            print(f"note: {', '.join(p for p in protocols if p in FINETUNE_PROTOCOLS)} "
+                  f"skipped for {kind} (no backbone to fine-tune)", file=sys.stderr)
+        protocols = [p for p in protocols if p not in FINETUNE_PROTOCOLS]
     fn = _feature_fn(kind, backbone, normalize)
     bs = cfg.eval.batch_size
 
@@ -210,45 +233,126 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
         return cached_extract(fn, ds, device, bs, cache_dir, cache_key, module=backbone)
 
     t0 = time.perf_counter()
-    xtr, ytr = feats(train)
-    eval_feats = {name: feats(ds) for name, ds in evals.items()}
+    xtr, ytr = None, train.labels
+    eval_feats: dict[str, Any] = {}
+    if any(p != "finetune" for p in protocols):  # every other protocol uses frozen features
+        xtr, ytr = feats(train)
+        eval_feats = {name: feats(ds) for name, ds in evals.items()}
     feature_time = time.perf_counter() - t0
+    n_feature_protocols = max(1, sum(p != "finetune" for p in protocols))
+    log = None if quiet else stderr_log
+    val_fraction = cfg.eval.linear.val_fraction
     prov = provenance(device)
     records = []
-    for eval_seed in cfg.eval.seeds:
-        for protocol in protocols:
-            t1 = time.perf_counter()
-            if protocol == "linear":
-                tr, va = carve_validation(ytr, train.groups, cfg.eval.linear.val_fraction,
-                                          eval_seed)
-                split_feats = {"train": (xtr[tr], ytr[tr]), "val": (xtr[va], ytr[va]),
-                               **eval_feats}
-                metrics, settings = run_linear(split_feats, train.num_classes,
-                                               cfg.eval.linear.c_grid, cfg.eval.linear.max_iter,
-                                               cfg.eval.linear.refit_on_train_and_val, device)
-                settings["val_split"] = {"fraction": cfg.eval.linear.val_fraction,
-                                         "by_group": train.groups is not None}
-            else:
-                metrics, settings = run_knn({"train": (xtr, ytr), **eval_feats},
-                                            train.num_classes, cfg.eval.knn.k,
-                                            cfg.eval.knn.temperature)
-            rec = {
-                "schema_version": SCHEMA_VERSION, "kind": "measured", "method": method_name,
-                "backbone": backbone_name, "backbone_family": family or "other",
-                "dataset": cfg.data.name, "protocol": protocol, "protocol_settings": settings,
-                "seed": cfg.train.seed, "eval_seed": int(eval_seed), "metrics": metrics,
-                "recipe": recipe, "run_id": run_dir.name if run_dir else None,
-                "config": to_dict(cfg), "provenance": prov,
-                "pretrain": (pretrain_info or {}).get("pretrain") if kind == "run" else None,
-                "wall_time_s": time.perf_counter() - t1 + feature_time / len(protocols),
-                "created": now_iso(),
-            }
-            write_record(Path(cfg.leaderboard.dir) / "results", rec)
-            records.append(rec)
-            if tracker is not None:
-                prefix = f"eval/{method_name if kind != 'run' else 'ssl'}/{protocol}"
-                tracker.summary({f"{prefix}/{k}": v for k, v in metrics.items()})
+    for fraction in cfg.eval.label_fractions:
+        for eval_seed in cfg.eval.seeds:
+            sub, fit_idx, val_idx = subsample_and_carve(train.labels, train.groups,
+                                                        float(fraction), val_fraction,
+                                                        int(eval_seed))
+            val_split = {"fraction": val_fraction, "by_group": train.groups is not None}
+            split_feats = {} if xtr is None else {
+                "train": (xtr[fit_idx], ytr[fit_idx]), "val": (xtr[val_idx], ytr[val_idx]),
+                **eval_feats}
+            for protocol in protocols:
+                t1 = time.perf_counter()
+                if log and protocol in FINETUNE_PROTOCOLS:
+                    log(f"{protocol} ({method_name}, label fraction {fraction:g}, "
+                        f"eval seed {eval_seed}):")
+                if protocol == "linear":
+                    metrics, settings = run_linear(split_feats, train.num_classes,
+                                                   cfg.eval.linear.c_grid,
+                                                   cfg.eval.linear.max_iter,
+                                                   cfg.eval.linear.refit_on_train_and_val,
+                                                   device)
+                    settings["val_split"] = val_split
+                elif protocol == "knn":  # no hyperparameter choice: the whole labelled subset
+                    metrics, settings = run_knn({"train": (xtr[sub], ytr[sub]), **eval_feats},
+                                                train.num_classes, cfg.eval.knn.k,
+                                                cfg.eval.knn.temperature)
+                elif protocol == "linear_sgd":
+                    metrics, settings = run_linear_sgd(split_feats, train.num_classes,
+                                                       cfg.eval.linear_sgd, int(eval_seed),
+                                                       device)
+                    settings["val_split"] = val_split
+                elif protocol == "finetune":
+                    metrics, settings = run_finetune(
+                        backbone, train.num_classes, train, fit_idx, val_idx, evals, normalize,
+                        cfg.eval.finetune, int(eval_seed), device, bs, log=log)
+                    settings["val_split"] = val_split
+                else:  # lpft
+                    metrics, settings = run_lpft(
+                        backbone, train.num_classes, train, fit_idx, val_idx, evals, normalize,
+                        split_feats, cfg.eval.linear, cfg.eval.lpft, int(eval_seed), device, bs,
+                        log=log)
+                    settings["val_split"] = val_split
+                settings["label_fraction"] = float(fraction)
+                wall = time.perf_counter() - t1
+                if protocol != "finetune":
+                    wall += feature_time / n_feature_protocols
+                rec = {
+                    "schema_version": SCHEMA_VERSION, "kind": "measured", "method": method_name,
+                    "backbone": backbone_name, "backbone_family": family or "other",
+                    "dataset": cfg.data.name, "protocol": protocol, "protocol_settings": settings,
+                    "seed": cfg.train.seed, "eval_seed": int(eval_seed), "metrics": metrics,
+                    "recipe": recipe, "run_id": run_dir.name if run_dir else None,
+                    "config": to_dict(cfg), "provenance": prov,
+                    "pretrain": (pretrain_info or {}).get("pretrain") if kind == "run" else None,
+                    "wall_time_s": wall,
+                    "created": now_iso(),
+                }
+                write_record(Path(cfg.leaderboard.dir) / "results", rec)
+                records.append(rec)
+                if tracker is not None:
+                    prefix = f"eval/{method_name if kind != 'run' else 'ssl'}/{protocol}"
+                    if float(fraction) != 1.0:
+                        prefix += f"/lf{float(fraction):g}"
+                    tracker.summary({f"{prefix}/{k}": v for k, v in metrics.items()})
+    _log_eval_runs(cfg, recipe, kind, run_dir, records)
     return records
+
+
+def _log_eval_runs(cfg: DictConfig, recipe: dict[str, Any], kind: str, run_dir: Optional[Path],
+                   records: list[dict[str, Any]]) -> None:
+    """One W&B run per protocol (``job_type`` = the protocol, same group and tags as the
+    pretraining run): summary metrics (label fraction 1, mean over eval seeds), a table of every
+    record, the record files as a ``result`` artifact, and a link to the pretraining run — a
+    ``use_artifact`` edge to its backbone when online, the ``pretrain_run`` config entry always.
+    """
+    if not records or not cfg.logging.wandb or not D.is_main():
+        return
+    from .leaderboard.record import record_path
+
+    results = Path(cfg.leaderboard.dir) / "results"
+    first = records[0]
+    run_id = run_dir.name if run_dir is not None else None
+    who = run_id or f"{recipe.get('name') or 'adhoc'}-{first['method']}-s{cfg.train.seed}"
+    for protocol in dict.fromkeys(r["protocol"] for r in records):
+        recs = [r for r in records if r["protocol"] == protocol]
+        config = {**wandb_config(cfg, recipe), "method": first["method"],
+                  "backbone": first["backbone"], "protocol": protocol, "kind": kind,
+                  "pretrain_run": run_id,
+                  "backbone_artifact": f"backbone-{run_id}" if kind == "run" else None,
+                  "protocol_settings": recs[0]["protocol_settings"]}
+        tracker = Tracker(None, cfg.logging, f"{who}-{protocol}", protocol, config,
+                          run_dir or Path(cfg.logging.dir or "runs"),
+                          tags=[first["method"], first["backbone"], cfg.data.name, protocol])
+        try:
+            if kind == "run":
+                tracker.use_artifact(f"backbone-{run_id}", "model")
+            full = [r for r in recs if float(r["protocol_settings"].get("label_fraction", 1)) == 1]
+            for key in sorted({k for r in full for k in r["metrics"]}):
+                vals = [r["metrics"][key] for r in full if key in r["metrics"]]
+                tracker.summary({key: sum(vals) / len(vals)})
+            columns = ["label_fraction", "eval_seed", "acc", "ood_acc", "val_acc", "record"]
+            tracker.log_table("results", columns, [
+                [float(r["protocol_settings"].get("label_fraction", 1.0)), r["eval_seed"],
+                 r["metrics"].get("acc"), r["metrics"].get("ood_acc"),
+                 r["metrics"].get("val_acc"), record_path(results, r).name] for r in recs])
+            tracker.log_artifact([record_path(results, r) for r in recs],
+                                 f"result-{who}-{protocol}", "result",
+                                 {"protocol": protocol, "method": first["method"]})
+        finally:
+            tracker.finish()
 
 
 # -- the main job -------------------------------------------------------------------------------
@@ -262,19 +366,19 @@ def run(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = Fa
         tracker = Tracker(run_dir / "metrics.jsonl", cfg.logging, run_dir.name, "pretrain",
                           wandb_config(cfg, recipe), run_dir,
                           tags=[cfg.method.name, cfg.backbone.name, cfg.data.name])
+    for baseline in cfg.eval.baselines:
+        if baseline not in BASELINES and not baseline.startswith("timm:"):
+            raise UserError(f"unknown baseline '{baseline}' in eval.baselines "
+                            f"(valid: {', '.join(BASELINES)}, timm:NAME)")
     try:
         info = pretrain(cfg, recipe, run_dir, quiet, tracker or Tracker(None))
-        records = evaluate(cfg, recipe, "run", run_dir, tracker=tracker, quiet=quiet,
-                           pretrain_info=info)
-        for baseline in cfg.eval.baselines:
-            if baseline not in BASELINES and not baseline.startswith("timm:"):
-                raise UserError(f"unknown baseline '{baseline}' in eval.baselines "
-                                f"(valid: {', '.join(BASELINES)}, timm:NAME)")
-            records += evaluate(cfg, recipe, baseline, None, tracker=tracker, quiet=quiet)
     finally:
         if tracker is not None:
-            tracker.finish()
+            tracker.finish()  # evaluation logs to its own W&B runs, one per protocol
+    records = evaluate(cfg, recipe, "run", run_dir, quiet=quiet, pretrain_info=info)
+    for baseline in cfg.eval.baselines:
+        records += evaluate(cfg, recipe, baseline, None, quiet=quiet)
     board = None
     if D.is_main() and cfg.leaderboard.render:
-        board = write_board(cfg.leaderboard.dir)
+        board = write_board(cfg.leaderboard.dir, html=True)
     return records, board

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from .distributed import is_main
 
@@ -39,7 +42,9 @@ class Tracker:
             d = Path(wandb_cfg.dir or wandb_dir or ".")
             d.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
-                project=wandb_cfg.project, entity=wandb_cfg.entity, group=wandb_cfg.group,
+                project=wandb_cfg.project, entity=wandb_cfg.entity,
+                # dashboards compare methods per group: the suite name, else the dataset
+                group=wandb_cfg.group or (config or {}).get("dataset"),
                 job_type=job_type, name=run_name, dir=str(d), config=config or {},
                 mode=_wandb_mode(), tags=tags, reinit="finish_previous",
                 settings=wandb.Settings(quiet=True, console="off", silent=True),
@@ -59,7 +64,132 @@ class Tracker:
             for k, v in metrics.items():
                 self.run.summary[k] = v
 
+    def log_artifact(self, paths: str | Path | list[Path], name: str, type: str,
+                     metadata: Optional[dict[str, Any]] = None) -> Optional[str]:
+        """Log file(s) as one W&B artifact (offline too: it travels with ``wandb sync``).
+        Returns the artifact name used, or None when W&B is off."""
+        if self.run is None:
+            return None
+        import wandb
+
+        art = wandb.Artifact(artifact_name(name), type=type, metadata=metadata or {})
+        for path in (paths if isinstance(paths, list) else [paths]):
+            art.add_file(str(path))
+        self.run.log_artifact(art)
+        return art.name
+
+    def use_artifact(self, name: str, type: str) -> bool:
+        """Declare ``name:latest`` an input of this run (lineage). W&B cannot resolve artifacts
+        offline, so offline runs keep the link only as the ``pretrain_run`` config entry."""
+        if self.run is None or self.run.settings.mode == "offline" or \
+                getattr(self.run, "offline", False):
+            return False
+        try:
+            self.run.use_artifact(f"{artifact_name(name)}:latest", type=type)
+            return True
+        except Exception as e:  # noqa: BLE001 - lineage is best effort, results are not
+            print(f"note: W&B lineage to {name} not recorded ({e})", file=sys.stderr)
+            return False
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        self.run.log({key: wandb.Table(columns=columns, data=rows)})
+
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def artifact_name(name: str) -> str:
+    """W&B artifact names allow letters, digits, dashes, underscores and dots."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:128] or "artifact"
+
+
+def offline_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Offline W&B run directories (``offline-run-*`` holding a ``run-*.wandb`` log) under
+    ``paths``, oldest first."""
+    found: set[Path] = set()
+    for root in map(Path, paths):
+        if not root.exists():
+            continue
+        candidates = [root] if root.name.startswith("offline-run-") else \
+            root.rglob("offline-run-*")
+        for d in candidates:
+            if d.is_dir() and any(d.glob("run-*.wandb")):
+                found.add(d)
+    return sorted(found, key=lambda d: d.name)
+
+
+def wandb_sync(paths: Iterable[str | Path], dry_run: bool = False, quiet: bool = False) -> int:
+    """Upload offline runs with ``wandb sync`` (needs ``wandb login`` or ``WANDB_API_KEY``)."""
+    paths = list(paths)
+    runs = offline_runs(paths)
+    if not runs:
+        if not quiet:
+            print(f"no offline W&B runs under {', '.join(map(str, paths))}")
+        return 0
+    if dry_run:
+        for d in runs:
+            print(d)
+        if not quiet:
+            print(f"{len(runs)} offline run(s); upload them with: sslbench wandb-sync "
+                  f"{' '.join(map(str, paths))}")
+        return 0
+    return subprocess.call([sys.executable, "-m", "wandb", "sync", *map(str, runs)])
+
+
+LEADERBOARD_COLUMNS = ["dataset", "protocol", "label_fraction", "method", "backbone", "recipe",
+                       "kind", "n_seeds", "acc", "acc_ci95", "ood_acc", "ood_acc_ci95",
+                       "pretrain_wall_time_s", "commits"]
+
+
+def leaderboard_rows(leaderboard_dir: str | Path) -> list[list[Any]]:
+    """The aggregated board (mean over seeds, 95% t-CI half-width) as table rows, accuracies
+    in percent, in :data:`LEADERBOARD_COLUMNS` order."""
+    from .leaderboard.render import aggregate
+    from .leaderboard.store import load_records
+
+    def pct(m: Optional[dict], key: str) -> Optional[float]:
+        v = (m or {}).get(key)
+        return None if v is None else round(100.0 * v, 3)
+
+    rows = []
+    for r in aggregate(load_records(Path(leaderboard_dir) / "results")):
+        acc, ood = r["metrics"].get("acc"), r["metrics"].get("ood_acc")
+        rows.append([r["dataset"], r["protocol"],
+                     float((r["protocol_settings"] or {}).get("label_fraction", 1.0)),
+                     r["method"], r["backbone"], r["recipe"], r["kind"], r["n"],
+                     pct(acc, "mean"), pct(acc, "ci95"), pct(ood, "mean"), pct(ood, "ci95"),
+                     r.get("pretrain_wall_time_s"), ",".join(c[:9] for c in r["git_commits"])])
+    return rows
+
+
+def log_leaderboard(leaderboard_dir: str | Path, logging_cfg: Any, group: Optional[str] = None,
+                    run_dir: Optional[Path] = None) -> bool:
+    """Log the aggregated leaderboard as a ``wandb.Table`` in a run with job_type
+    ``leaderboard`` (and the result records as a ``results`` artifact). False when W&B is off."""
+    if logging_cfg is None or not logging_cfg.wandb or not is_main():
+        return False
+    import copy
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(logging_cfg, {}) if OmegaConf.is_config(logging_cfg) \
+        else copy.copy(logging_cfg)
+    if group is not None:
+        cfg.group = group
+    rows = leaderboard_rows(leaderboard_dir)
+    tracker = Tracker(None, cfg, f"leaderboard-{cfg.group or 'all'}", "leaderboard",
+                      {"leaderboard_dir": str(leaderboard_dir), "rows": len(rows)},
+                      Path(run_dir or tempfile.mkdtemp(prefix="sslbench-wandb-")),
+                      tags=["leaderboard"])
+    try:
+        tracker.log_table("leaderboard", LEADERBOARD_COLUMNS, rows)
+    finally:
+        tracker.finish()
+    return True

@@ -34,10 +34,31 @@ def test_suite_runs_cells_once_and_filters(tmp_path, capsys):
     assert len(list((tmp_path / "lb" / "results" / "embedded").glob("*.json"))) == 1
 
 
+@pytest.mark.slow
+def test_suite_baselines_are_evaluated_once_per_seed_not_per_cell(tmp_path):
+    suite = _suite(tmp_path)
+    raw = yaml.safe_load(suite.read_text())
+    recipe = raw["cells"][0]
+    raw.update(seeds=[0], cells=[recipe, {"recipe": recipe, "overrides": ["train.max_steps=3"]}],
+               baselines=[{"recipe": recipe, "kinds": ["raw_pixels", "random_init"]}])
+    suite.write_text(yaml.safe_dump(raw))
+    _, cells = load_suite(suite)
+    assert [c.name for c in cells] == ["tiny-s0", "tiny-s0", "tiny-raw_pixels+random_init-s0"]
+    assert all("eval.baselines=[]" in c.overrides for c in cells[:2])
+    assert [s for _, s in run_suite(suite, quiet=True, only="*raw_pixels*")] == ["ran"]
+    files = sorted(p.name for p in (tmp_path / "lb" / "results" / "embedded").glob("*.json"))
+    assert files == ["tiny__random_init__test_resnet__knn__seed0__ev0.json",
+                     "tiny__raw_pixels__pixels__knn__seed0__ev0.json"]
+    assert [s for _, s in run_suite(suite, dry_run=True, quiet=True)] == ["todo", "todo", "done"]
+
+
 def test_bad_suite_files(tmp_path):
     with pytest.raises(UserError, match="suite file not found"):
         load_suite(tmp_path / "none.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("celss: [a.yaml]\n")
     with pytest.raises(UserError, match="unknown key"):
+        load_suite(bad)
+    bad.write_text("cells: [a.yaml]\nbaselines: [{recipe: a.yaml}]\n")
+    with pytest.raises(UserError, match="baselines entry 0 must be"):
         load_suite(bad)

@@ -52,12 +52,21 @@ def accuracy(w: Tensor, b: Tensor, x: Tensor, y: Tensor) -> float:
     return float(((x @ w.T + b).argmax(1) == y).float().mean())
 
 
+def unstandardise(w: Tensor, b: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+    """The head on standardised features as a head on raw features: ``W' = W / σ``,
+    ``b' = b − W'·μ``, so ``x W'ᵀ + b' == ((x − μ) / σ) Wᵀ + b`` (LP-FT head init, spec §11.4)."""
+    w2 = w / std.reshape(1, -1)
+    return w2, b - w2 @ mean.reshape(-1)
+
+
 def run_linear(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, c_grid: Sequence[float],
                max_iter: int = 200, refit: bool = True,
-               device: Optional[torch.device] = None) -> tuple[dict[str, float], dict]:
+               device: Optional[torch.device] = None, return_head: bool = False):
     """Choose C on ``feats["val"]``, refit, report accuracy on every other split.
 
-    ``feats`` maps split -> (features, labels) and must hold "train" and "val".
+    ``feats`` maps split -> (features, labels) and must hold "train" and "val". Returns
+    ``(metrics, settings)``, plus the final head on un-standardised features ``(W', b')`` (see
+    :func:`unstandardise`) when ``return_head``.
     """
     dev = device or torch.device("cpu")
     f = {k: (x.to(dev, torch.float32), y.to(dev)) for k, (x, y) in feats.items()}
@@ -86,6 +95,8 @@ def run_linear(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, c_grid
                 "c_grid": [float(c) for c in sorted(c_grid)], "chosen_C": float(best_c),
                 "max_iter": max_iter, "refit_on_train_and_val": refit,
                 "chosen_val_acc_by_C": {f"{c:g}": a for c, a in val_acc.items()}}
+    if return_head:
+        return metrics, settings, unstandardise(w, b, mean, std)
     return metrics, settings
 
 

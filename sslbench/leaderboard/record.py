@@ -4,7 +4,8 @@ Schema (``schema_version`` 1)::
 
     {
       "schema_version": 1,
-      "kind": "measured",              # "measured" only; paper figures live elsewhere, marked
+      "kind": "measured",              # "measured" (run here) | "reported" (copied from a paper)
+      "source": "Chen et al. 2020, Table 6",  # reported records only: where the figure is from
       "method": "simclr",              # or a baseline: "raw_pixels", "random_init", "timm:NAME"
       "backbone": "resnet18",          # timm name ("pixels" for raw_pixels)
       "backbone_family": "resnet",     # resnet | vit | pixels | other
@@ -23,6 +24,10 @@ Schema (``schema_version`` 1)::
       "wall_time_s": 3.2,              # this protocol's evaluation time
       "created": "2026-11-23T12:00:00+00:00"
     }
+
+``source`` is optional in the schema (older files have none) but required when ``kind`` is
+``"reported"``; ``protocol_settings.label_fraction`` (default 1.0) is the fraction of labels the
+protocol trained on.
 """
 from __future__ import annotations
 
@@ -34,12 +39,26 @@ from typing import Any
 from ..utils import atomic_write_json
 
 SCHEMA_VERSION = 1
+KNOWN_SCHEMA_VERSIONS = (1,)
+KINDS = ("measured", "reported")
 
 REQUIRED_FIELDS = (
     "schema_version", "kind", "method", "backbone", "backbone_family", "dataset", "protocol",
     "protocol_settings", "seed", "eval_seed", "metrics", "recipe", "run_id", "config",
     "provenance", "pretrain", "wall_time_s", "created",
 )
+OPTIONAL_FIELDS = ("source",)
+
+_NUMBER = (int, float)
+# Allowed JSON types per field (``type(None)`` = null); bools never count as int/float.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,), "kind": (str,), "method": (str,), "backbone": (str,),
+    "backbone_family": (str,), "dataset": (str,), "protocol": (str,),
+    "protocol_settings": (dict,), "seed": (int,), "eval_seed": (int,), "metrics": (dict,),
+    "recipe": (dict,), "run_id": (str, type(None)), "config": (dict,), "provenance": (dict,),
+    "pretrain": (dict, type(None)), "wall_time_s": (*_NUMBER, type(None)), "created": (str,),
+    "source": (str,),
+}
 
 
 def now_iso() -> str:
@@ -51,11 +70,17 @@ def _slug(s: str) -> str:
 
 
 def record_path(results_dir: str | Path, rec: dict[str, Any]) -> Path:
-    """``<results>/<dataset>/<recipe>__<method>__<backbone>__<protocol>__seed<k>__ev<j>.json``."""
-    name = "__".join([
+    """``<results>/<dataset>/<recipe>__<method>__<backbone>__<protocol>__seed<k>__ev<j>.json``,
+    with ``__lf<fraction>`` appended when ``protocol_settings.label_fraction`` is not 1 (so the
+    names of full-label records stay as they were)."""
+    parts = [
         _slug(rec["recipe"].get("name") or "adhoc"), _slug(rec["method"]), _slug(rec["backbone"]),
         _slug(rec["protocol"]), f"seed{rec['seed']}", f"ev{rec['eval_seed']}",
-    ])
+    ]
+    fraction = float((rec.get("protocol_settings") or {}).get("label_fraction", 1.0))
+    if fraction != 1.0:
+        parts.append(f"lf{fraction:g}")
+    name = "__".join(parts)
     return Path(results_dir) / _slug(rec["dataset"]) / f"{name}.json"
 
 
@@ -72,6 +97,11 @@ def validate_record(rec: dict[str, Any]) -> list[str]:
         for k, v in rec["metrics"].items():
             if not isinstance(v, (int, float)):
                 problems.append(f"metric '{k}' is not a number")
+    if rec["kind"] not in KINDS:
+        problems.append(f"kind {rec['kind']!r} is not one of {', '.join(KINDS)}")
+    elif rec["kind"] == "reported" and not (isinstance(rec.get("source"), str)
+                                             and rec["source"].strip()):
+        problems.append("reported records need a non-empty 'source' (where the figure is from)")
     return problems
 
 

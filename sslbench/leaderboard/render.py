@@ -91,7 +91,11 @@ def _summary(values: list[float]) -> dict[str, Any]:
 def _group_key(rec: dict[str, Any]) -> tuple[str, ...]:
     return (rec["dataset"], rec["protocol"], rec["method"], rec["backbone"],
             str((rec.get("recipe") or {}).get("name") or "adhoc"),
-            _canonical(comparable_settings(rec.get("protocol_settings") or {})))
+            # a record written before label fractions existed used every label
+            _canonical({**comparable_settings(rec.get("protocol_settings") or {}),
+                        "label_fraction": float((rec.get("protocol_settings") or {})
+                                                .get("label_fraction", 1.0))}),
+            str(rec.get("kind") or "measured"))
 
 
 def _dedupe_seeds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -121,9 +125,13 @@ def _row(records: list[dict[str, Any]]) -> dict[str, Any]:
                 if isinstance(r.get("pretrain"), dict)
                 and isinstance(r["pretrain"].get("wall_time_s"), (int, float))]
     provs = [r.get("provenance") or {} for r in records]
+    eval_times = [float(r["wall_time_s"]) for r in records
+                  if isinstance(r.get("wall_time_s"), (int, float))]
     newest = max(records, key=lambda r: _created_key(r["created"]))
     families = sorted({str(r.get("backbone_family")) for r in records})
     return {
+        "kind": str(first.get("kind") or "measured"),
+        "sources": sorted({str(r["source"]) for r in records if r.get("source")}),
         "dataset": first["dataset"],
         "protocol": first["protocol"],
         "method": first["method"],
@@ -140,6 +148,8 @@ def _row(records: list[dict[str, Any]]) -> dict[str, Any]:
         "seeds": [[r["seed"], r["eval_seed"]] for r in records],
         "metrics": {name: _summary(vals) for name, vals in sorted(by_metric.items())},
         "pretrain_wall_time_s": sum(pretrain) / len(pretrain) if pretrain else None,
+        "eval_wall_time_s": sum(eval_times) / len(eval_times) if eval_times else None,
+        "run_ids": sorted({str(r["run_id"]) for r in records if r.get("run_id")}),
         "git_commits": sorted({str(p["git_commit"]) for p in provs if p.get("git_commit")}),
         "git_dirty": any(bool(p.get("git_dirty")) for p in provs),
         "devices": sorted({str(p["device"]) for p in provs if p.get("device")}),
@@ -151,7 +161,8 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group records over seeds and summarise every metric.
 
     Records are grouped by (dataset, protocol, method, backbone, recipe name, protocol settings
-    without per-run choices such as ``C``). Within a group each (seed, eval_seed) pair counts
+    without per-run choices such as ``C``, kind: measured results never mix with figures
+    reported in papers). Within a group each (seed, eval_seed) pair counts
     once (the newest record wins). Each metric gets n, mean, sample std (ddof=1) and the 95%
     t-interval half-width (None for n=1).
 
@@ -165,7 +176,11 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         groups[_group_key(rec)].append(rec)
-    rows = [_row(_dedupe_seeds(recs)) for recs in groups.values()]
+    rows = []
+    for recs in groups.values():
+        row = _row(_dedupe_seeds(recs))
+        row["n_records"] = len(recs)  # before de-duplication of (seed, eval_seed) pairs
+        rows.append(row)
     rows.sort(key=lambda r: (r["dataset"], _protocol_sort_key(r["protocol"]), not r["baseline"],
                              r["method"], r["backbone"], r["recipe"],
                              _canonical(r["protocol_settings"])))
@@ -305,6 +320,8 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
         "linear-probe top-1. *Seeds* is the number of (seed, eval seed) runs per protocol; "
         "*Pretrain (s)* the mean pretraining wall time.",
     ]
+    reported = [r for r in rows if r.get("kind") == "reported"]
+    rows = [r for r in rows if r.get("kind") != "reported"]
     if not rows:
         out += ["", "No results yet."]
     by_dataset: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -318,6 +335,14 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
                 out += [f"### {' '.join(title.split())}", ""]
             out += _table(view)
             out += _footer(view)
+    if reported:
+        out += ["", "## Reported in papers (not measured here)", "",
+                "| Dataset | Protocol | Method | Backbone | top-1 (%) | Source |",
+                "|:---|:---|:---|:---|---:|:---|"]
+        for r in reported:
+            cells = [r["dataset"], r["protocol"], r["method"], r["backbone"],
+                     _pct(r["metrics"].get("acc")), "; ".join(r.get("sources") or []) or "?"]
+            out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -358,8 +383,17 @@ def render(results_dir: str | Path, fmt: str) -> str:
     return _RENDERERS[fmt](aggregate(load_records(results_dir)))
 
 
-def write_board(leaderboard_dir: str | Path) -> Path:
-    """Render ``<leaderboard_dir>/results`` into ``<leaderboard_dir>/LEADERBOARD.md`` atomically."""
+def write_board(leaderboard_dir: str | Path, html: bool = False) -> Path:
+    """Render ``<leaderboard_dir>/results`` into ``<leaderboard_dir>/LEADERBOARD.md`` atomically.
+
+    With ``html=True`` also write the static page ``<leaderboard_dir>/index.html``. Returns the
+    markdown file's path.
+    """
     leaderboard_dir = Path(leaderboard_dir)
     text = render(leaderboard_dir / "results", "md")
-    return atomic_write_text(leaderboard_dir / "LEADERBOARD.md", text)
+    path = atomic_write_text(leaderboard_dir / "LEADERBOARD.md", text)
+    if html:
+        from .html import write_html
+
+        write_html(leaderboard_dir)
+    return path

@@ -320,3 +320,16 @@ def test_write_board_writes_leaderboard_md(tmp_path: Path) -> None:
     assert text == render(board / "results", "md")
     assert "| simclr | resnet18 | quickstart | 65.0 ± 63.5 | 2 | 50.0 |" in text
     assert sorted(p.name for p in board.iterdir()) == ["LEADERBOARD.md", "results"]
+
+
+def test_records_without_label_fraction_group_with_full_label_records(tmp_path: Path) -> None:
+    """Records written before label fractions existed used every label: they aggregate with
+    new records at label_fraction 1.0, never with a low-label regime."""
+    old = make_record(seed=0, protocol_settings={"solver": "lbfgs"})
+    new = make_record(seed=1, protocol_settings={"solver": "lbfgs", "label_fraction": 1.0})
+    low = make_record(seed=2, protocol_settings={"solver": "lbfgs", "label_fraction": 0.1})
+    results = tmp_path / "results"
+    for i, rec in enumerate([old, new, low]):
+        write_record(results / f"batch{i}", rec)
+    rows = aggregate(load_records(results))
+    assert sorted(r["n"] for r in rows) == [1, 2]

@@ -1,73 +1,64 @@
-"""Every registered method x every backbone family it supports (tiny timm models): a few
-optimisation steps on the embedded benchmark with finite, decreasing loss, and a checkpoint
-round trip that reproduces the next step exactly. A new method is tested the moment it
-registers."""
+"""Every registered method x every backbone family it supports passes the conformance kit
+(sslbench/conformance.py, also `sslbench check-method NAME`): builds on the tiny timm backbone,
+finite loss, gradients reach the backbone and never the frozen parts, the loss decreases on a
+fixed batch, deterministic under a seed, checkpoint round trip reproduces the next step exactly,
+and (slow) one DistributedDataParallel step on 2 gloo processes. A new method is tested the
+moment it registers."""
 from __future__ import annotations
-
-import io
-import math
 
 import pytest
 import torch
 
-from sslbench.config import load_recipe
-from sslbench.datasets.embedded import build_embedded
-from sslbench.optim import create_optimizer
-from sslbench.run import build_method
-from sslbench.ssl import METHODS, StepInfo
+from sslbench.conformance import Check, assert_conforms, check_method
+from sslbench.ssl import METHODS, SSLMethod, register_method
 
-TINY = {"resnet": "test_resnet", "vit": "test_vit"}
 CASES = [(m, fam) for m in METHODS.names() for fam in ("resnet", "vit")
          if fam in METHODS.get(m).families]
+IDS = [f"{m}-{f}" for m, f in CASES]
 
 
-def _setup(name: str, family: str):
-    overrides = [f"method.name={name}", f"backbone.name={TINY[family]}", "optim.name=adamw"]
-    if family == "resnet":
-        overrides.append("backbone.small_input=false")  # stock stem: fast on CPU
-    overrides += [f"method.{k}={v}" for k, v in METHODS.get(name).test_overrides.items()]
-    cfg = load_recipe(None, overrides)
-    method = build_method(cfg)
-    opt = create_optimizer(method.param_groups(0.0), cfg.optim)
-    for g in opt.param_groups:
-        g["lr"] = 1e-3
-    return cfg, method, opt
+@pytest.mark.parametrize("name, family", CASES, ids=IDS)
+def test_method_conforms(name, family):
+    checks = assert_conforms(name, family, ddp=False)
+    ran = {c.name for c in checks if c.ok}
+    assert {"build", "views", "finite_loss", "grad_backbone", "frozen", "deterministic",
+            "resume"} <= ran
 
 
-def _step(method, opt, views, info: StepInfo, seed: int) -> float:
-    torch.manual_seed(seed)
-    method.before_step(info)
-    loss = method(views, info)["loss"]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    method.after_backward(info)
-    opt.step()
-    method.after_step(info)
-    return float(loss.detach())
+@pytest.mark.slow
+@pytest.mark.parametrize("name, family", CASES, ids=IDS)
+def test_method_ddp_step_on_two_gloo_processes(name, family):
+    [ddp] = [c for c in check_method(name, [family], ddp=True) if c.name == "ddp"]
+    assert ddp.ok, ddp.detail
 
 
-@pytest.mark.parametrize("name, family", CASES, ids=[f"{m}-{f}" for m, f in CASES])
-def test_method_trains_and_resumes_exactly(name, family):
-    cfg, method, opt = _setup(name, family)
-    x = build_embedded()["train"].images[:32]
-    torch.manual_seed(0)
-    views = method.make_views(x)
-    total = 8
-    losses = [_step(method, opt, views, StepInfo(s, total, 4), seed=s) for s in range(6)]
-    assert all(math.isfinite(v) for v in losses), losses
-    if not METHODS.get(name).memory_bank_loss:
-        assert losses[-1] < losses[0], f"loss did not decrease on a fixed batch: {losses}"
+def test_kit_catches_a_method_that_leaks_gradient_into_its_teacher():
+    """The kit must be able to fail: a 'teacher' left trainable but excluded from the optimiser,
+    and a loss that never reaches the backbone."""
 
-    buf = io.BytesIO()
-    torch.save({"method": method.state_dict(), "opt": opt.state_dict()}, buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
-    _, clone, clone_opt = _setup(name, family)
-    clone.load_state_dict(state["method"])
-    clone_opt.load_state_dict(state["opt"])
-    info = StepInfo(6, total, 4)
-    a = _step(method, opt, views, info, seed=123)
-    b = _step(clone, clone_opt, views, info, seed=123)
-    assert a == b
-    for (k, v), (_, w) in zip(method.state_dict().items(), clone.state_dict().items()):
-        assert torch.equal(v, w), k
+    @register_method("_leaky")
+    class Leaky(SSLMethod):
+        families = ("resnet",)
+
+        def __init__(self, backbone, cfg, data):
+            super().__init__(backbone, cfg, data)
+            self.teacher = torch.nn.Linear(backbone.num_features, 4)
+            self.teacher.weight.requires_grad_(False)
+
+        def make_views(self, images):
+            return [images.float() / 255.0]
+
+        def forward(self, views, step):
+            with torch.no_grad():
+                feats = self.backbone(views[0])
+            self.teacher.weight.requires_grad_(True)  # the bug: gradient reaches the teacher
+            loss = self.teacher(feats).pow(2).mean()
+            return {"loss": loss}
+
+    try:
+        checks = {c.name: c for c in check_method("_leaky", ddp=False)}
+    finally:
+        METHODS.unregister("_leaky")
+    assert checks["grad_backbone"].ok is False
+    assert checks["frozen"].ok is False
+    assert isinstance(checks["build"], Check) and checks["build"].ok

@@ -1,0 +1,393 @@
+"""Conformance kit: check an SSL method against the sslbench method contract.
+
+``sslbench check-method NAME`` runs it from the command line; tests call
+:func:`assert_conforms` (every built-in method does, in ``tests/test_ssl/test_methods.py``)::
+
+    from sslbench.conformance import assert_conforms
+
+    def test_my_method_conforms():
+        assert_conforms("my_method")            # every backbone family it claims
+
+Each check runs on the tiny timm backbones (``test_resnet``, ``test_vit``) and 32 real images
+of the embedded benchmark, with the method's ``test_overrides`` applied, on the CPU:
+
+``build``         the method builds on every family it lists in ``families``;
+``views``         ``make_views`` turns a uint8 batch into float views of that batch size;
+``finite_loss``   ``forward`` returns ``{"loss": finite scalar, ...}``;
+``grad_backbone`` after ``backward`` some backbone parameter has a non-zero gradient;
+``frozen``        no parameter with ``requires_grad=False`` (teachers, targets, momentum
+                  encoders) receives a gradient, and a teacher returned by ``eval_backbone``
+                  is frozen; ``param_groups`` holds exactly the trainable parameters;
+``decreases``     six steps on one fixed batch lower the loss (skipped for methods whose loss
+                  compares against a memory bank that changes every step);
+``deterministic`` two builds under one seed give the same loss and the same weights after a step;
+``resume``        state_dict + optimizer state → a fresh build → the identical next step;
+``ddp``           two gloo processes wrapped in DistributedDataParallel as the engine does it,
+                  each on half of the batch: a finite loss and identical parameters on both
+                  ranks after the step (optional: ``ddp=False``).
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import socket
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+
+TINY_BACKBONES = {"resnet": "test_resnet", "vit": "test_vit"}
+BATCH = 32
+
+
+@dataclass
+class Check:
+    name: str
+    family: str
+    ok: Optional[bool]  # None: skipped
+    detail: str = ""
+
+    def line(self) -> str:
+        mark = {True: "ok", False: "FAIL", None: "skip"}[self.ok]
+        return f"{self.family:<7} {self.name:<14} {mark:<5} {self.detail}"
+
+
+# -- building blocks ----------------------------------------------------------------------------
+
+def tiny_config(name: str, family: str, plugins: Sequence[str] = (), seed: int = 0):
+    """The resolved run config the kit uses: tiny backbone, the method's ``test_overrides``."""
+    from .config import load_recipe
+    from .ssl import METHODS
+
+    overrides = [f"method.name={name}", f"backbone.name={TINY_BACKBONES[family]}",
+                 "optim.name=adamw", f"train.seed={seed}"]
+    if family == "resnet":
+        overrides.append("backbone.small_input=false")  # stock stem: fast on CPU
+    overrides += [f"method.{k}={v}" for k, v in METHODS.get(name).test_overrides.items()]
+    if plugins:
+        overrides.append("plugins=[" + ",".join(plugins) + "]")
+    return load_recipe(None, overrides)
+
+
+def build(name: str, family: str, plugins: Sequence[str] = (), seed: int = 0):
+    """(method, optimizer) as the engine builds them, with a fixed small lr."""
+    from .optim import create_optimizer
+    from .run import build_method
+
+    cfg = tiny_config(name, family, plugins, seed)
+    method = build_method(cfg)
+    opt = create_optimizer(method.param_groups(0.0), cfg.optim)
+    for g in opt.param_groups:
+        g["lr"] = 1e-3
+    return method, opt
+
+
+def sample_images(n: int = BATCH) -> torch.Tensor:
+    from .datasets.embedded import build_embedded
+
+    return build_embedded()["train"].images[:n]
+
+
+def train_step(method, opt, views, info, seed: int, model=None) -> float:
+    """One optimisation step in the engine's order (hooks included)."""
+    torch.manual_seed(seed)
+    method.before_step(info)
+    loss = (model or method)(views, info)["loss"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    method.after_backward(info)
+    opt.step()
+    method.after_step(info)
+    return float(loss.detach())
+
+
+def _leaves(views: Any) -> list[torch.Tensor]:
+    """The tensors of ``make_views``' output: a tensor, or a list / tuple / dict of them."""
+    if torch.is_tensor(views):
+        return [views]
+    if isinstance(views, dict):
+        views = list(views.values())
+    if isinstance(views, (list, tuple)):
+        return [t for v in views for t in _leaves(v)]
+    return []
+
+
+def split_views(views: Any, rank: int, world: int) -> Any:
+    """This rank's contiguous share of every view tensor (leading dimension), as the engine's
+    per-rank sampler would give it: for the same global batch, rank r holds slice r."""
+    if torch.is_tensor(views):
+        n = views.shape[0] // world
+        return views[rank * n:(rank + 1) * n]
+    if isinstance(views, dict):
+        return {k: split_views(v, rank, world) for k, v in views.items()}
+    if isinstance(views, (list, tuple)):
+        return type(views)(split_views(v, rank, world) for v in views)
+    raise TypeError(f"cannot split views of type {type(views).__name__}")
+
+
+def _contiguous(views: Any) -> Any:
+    if torch.is_tensor(views):
+        return views.contiguous()
+    if isinstance(views, dict):
+        return {k: _contiguous(v) for k, v in views.items()}
+    if isinstance(views, (list, tuple)):
+        return type(views)(_contiguous(v) for v in views)
+    return views
+
+
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> Optional[str]:
+    sa, sb = a.state_dict(), b.state_dict()
+    if list(sa) != list(sb):
+        return "state_dict keys differ"
+    for k in sa:
+        if not torch.equal(sa[k], sb[k]):
+            return f"'{k}' differs"
+    return None
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+def _check_family(name: str, family: str, plugins: Sequence[str]) -> list[Check]:
+    from .ssl import METHODS, StepInfo
+
+    out: list[Check] = []
+
+    def record(check: str, fn: Callable[[], Optional[str]]) -> bool:
+        try:
+            detail = fn()
+        except Exception as e:  # a check that raises fails, with the error as the detail
+            last = traceback.extract_tb(e.__traceback__)[-1]
+            out.append(Check(check, family, False, f"{type(e).__name__}: {e} "
+                                                   f"({os.path.basename(last.filename)}:"
+                                                   f"{last.lineno})"))
+            return False
+        if detail and detail.startswith("skipped"):
+            out.append(Check(check, family, None, detail))
+            return True
+        out.append(Check(check, family, detail is None, detail or ""))
+        return detail is None
+
+    cls = METHODS.get(name)
+    state: dict[str, Any] = {}
+
+    def c_build():
+        state["method"], state["opt"] = build(name, family, plugins)
+        return None
+
+    if not record("build", c_build):
+        return out
+    method, opt = state["method"], state["opt"]
+    x = sample_images()
+
+    def c_views():
+        torch.manual_seed(0)
+        views = method.make_views(x.clone())
+        leaves = _leaves(views)
+        if not leaves:
+            return f"make_views returned {type(views).__name__} with no tensors"
+        for i, v in enumerate(leaves):
+            if not v.is_floating_point():
+                return f"view {i} is not a float tensor"
+            if v.shape[0] % BATCH:
+                return f"view {i} has leading size {v.shape[0]}, not a multiple of {BATCH}"
+        if not torch.equal(x, sample_images()):
+            return "make_views modified its uint8 input in place"
+        state["views"] = views
+        return None
+
+    if not record("views", c_views):
+        return out
+    views = state["views"]
+    info0 = StepInfo(0, 8, 4)
+
+    def c_loss():
+        torch.manual_seed(0)
+        method.before_step(info0)
+        res = method(views, info0)
+        if not isinstance(res, dict) or "loss" not in res:
+            return "forward must return a dict with a 'loss' entry"
+        loss = res["loss"]
+        if not torch.is_tensor(loss) or loss.ndim != 0:
+            return "loss must be a scalar tensor"
+        if not math.isfinite(float(loss.detach())):
+            return f"loss is {float(loss.detach())}"
+        state["loss0"] = float(loss.detach())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        method.after_backward(info0)
+        return None
+
+    if not record("finite_loss", c_loss):
+        return out
+
+    def c_grad_backbone():
+        total = sum(float(p.grad.abs().sum()) for p in method.backbone.parameters()
+                    if p.grad is not None)
+        return None if total > 0 else "no backbone parameter received a gradient"
+
+    record("grad_backbone", c_grad_backbone)
+
+    def c_frozen():
+        in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+        leaks = [n for n, p in method.named_parameters()
+                 if p.grad is not None and (not p.requires_grad or id(p) not in in_opt)]
+        if leaks:
+            return f"parameters outside the optimiser received gradients: {leaks[:3]}"
+        ev = method.eval_backbone()
+        if ev is not method.backbone:
+            trainable = [n for n, p in ev.named_parameters() if p.requires_grad]
+            if trainable:
+                return f"eval_backbone() is a teacher with trainable parameters: {trainable[:3]}"
+        trainable = {id(p) for p in method.parameters() if p.requires_grad}
+        if in_opt != trainable:
+            return (f"the optimiser holds {len(in_opt)} tensors but {len(trainable)} are "
+                    f"trainable (param_groups must return exactly the trainable ones)")
+        return None
+
+    record("frozen", c_frozen)
+
+    def c_deterministic():
+        # a second build under the same seed, put through the very same operations as
+        # `method` above (before_step + forward; EMA teachers move inside forward): the same
+        # loss and bit-identical parameters
+        twin, twin_opt = build(name, family, plugins)
+        state["twin"] = (twin, twin_opt)
+        torch.manual_seed(0)
+        twin.before_step(info0)
+        b = float(twin(views, info0)["loss"].detach())
+        if b != state["loss0"]:
+            return f"same seed, different loss: {state['loss0']} vs {b}"
+        twin_params = dict(twin.named_parameters())
+        for k, v in method.named_parameters():
+            if not torch.equal(v, twin_params[k]):
+                return f"two builds under one seed differ in '{k}'"
+        return None
+
+    record("deterministic", c_deterministic)
+
+    def c_decreases():
+        if cls.memory_bank_loss:
+            return "skipped: memory-bank loss (changes every step)"
+        losses = [train_step(method, opt, views, StepInfo(s, 8, 4), seed=s) for s in range(6)]
+        if not all(math.isfinite(v) for v in losses):
+            return f"non-finite loss: {losses}"
+        return None if losses[-1] < losses[0] else f"loss did not decrease: {losses}"
+
+    record("decreases", c_decreases)
+
+    def c_resume():
+        m, o = state.get("twin") or build(name, family, plugins)
+        for s in range(3):
+            train_step(m, o, views, StepInfo(s, 8, 4), seed=s)
+        buf = io.BytesIO()
+        torch.save({"method": m.state_dict(), "opt": o.state_dict()}, buf)
+        buf.seek(0)
+        saved = torch.load(buf, weights_only=True)
+        clone, clone_opt = build(name, family, plugins, seed=99)  # different init on purpose
+        clone.load_state_dict(saved["method"])
+        clone_opt.load_state_dict(saved["opt"])
+        info = StepInfo(3, 8, 4)
+        a = train_step(m, o, views, info, seed=123)
+        b = train_step(clone, clone_opt, views, info, seed=123)
+        if a != b:
+            return f"next-step loss differs after reload: {a} vs {b}"
+        return _states_equal(m, clone)
+
+    record("resume", c_resume)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, name: str, family: str,
+                plugins: Sequence[str], views: list[torch.Tensor], out) -> None:
+    import torch.distributed as dist
+
+    from .registry import load_plugin_file
+    from .ssl import StepInfo
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        for p in plugins:
+            load_plugin_file(p)
+        method, opt = build(name, family, plugins)
+        model = torch.nn.parallel.DistributedDataParallel(method)
+        local = split_views(views, rank, world)
+        loss = train_step(method, opt, local, StepInfo(0, 8, 4), seed=rank, model=model)
+        out[rank] = {"loss": loss, "params": {k: v.detach().clone()
+                                              for k, v in method.named_parameters()}}
+    except Exception as e:
+        out[rank] = {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        dist.destroy_process_group()
+
+
+def _check_ddp(name: str, family: str, plugins: Sequence[str]) -> Check:
+    import torch.multiprocessing as mp
+
+    try:
+        method, _ = build(name, family, plugins)
+        torch.manual_seed(0)
+        views = _contiguous(method.make_views(sample_images()))
+        result = mp.Manager().dict()
+        mp.spawn(_ddp_worker, args=(2, _free_port(), name, family, tuple(plugins), views,
+                                    result), nprocs=2, join=True)
+        res = [result[0], result[1]]
+    except Exception as e:
+        return Check("ddp", family, False, f"{type(e).__name__}: {e}")
+    for r in res:
+        if "error" in r:
+            return Check("ddp", family, False, r["error"])
+    if not all(math.isfinite(r["loss"]) for r in res):
+        return Check("ddp", family, False, f"losses {[r['loss'] for r in res]}")
+    for k, v in res[0]["params"].items():
+        if not torch.allclose(v, res[1]["params"][k], atol=1e-6, rtol=0):
+            return Check("ddp", family, False, f"ranks disagree on '{k}' after one step")
+    return Check("ddp", family, True, "")
+
+
+def check_method(name: str, families: Optional[Iterable[str]] = None, ddp: bool = True,
+                 plugins: Sequence[str] = ()) -> list[Check]:
+    """Run every check on every backbone family the method claims (or ``families``)."""
+    from .errors import UserError
+    from .registry import load_plugin_file
+    from .ssl import METHODS
+
+    for p in plugins:
+        load_plugin_file(p)
+    cls = METHODS.get(name)
+    claimed = tuple(cls.families)
+    fams = tuple(families or claimed)
+    for f in fams:
+        if f not in TINY_BACKBONES:
+            raise UserError(f"unknown backbone family '{f}' (valid: resnet, vit)")
+        if f not in claimed:
+            raise UserError(f"method '{name}' does not claim the '{f}' family "
+                            f"(it lists {', '.join(claimed)})")
+    checks: list[Check] = []
+    for f in fams:
+        fam_checks = _check_family(name, f, plugins)
+        checks += fam_checks
+        if ddp:
+            built = fam_checks and fam_checks[0].ok
+            checks.append(_check_ddp(name, f, plugins) if built
+                          else Check("ddp", f, None, "skipped: build failed"))
+    return checks
+
+
+def assert_conforms(name: str, family: Optional[str] = None, ddp: bool = False,
+                    plugins: Sequence[str] = ()) -> list[Check]:
+    """pytest helper: raise ``AssertionError`` listing every failed check."""
+    checks = check_method(name, [family] if family else None, ddp=ddp, plugins=plugins)
+    failed = [c for c in checks if c.ok is False]
+    assert not failed, f"method '{name}' fails the contract:\n" + "\n".join(
+        c.line() for c in failed)
+    return checks
