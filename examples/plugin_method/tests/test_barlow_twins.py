@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +40,24 @@ def test_conforms():
 
     checks = assert_conforms("barlow_twins")  # resnet and vit, tiny backbones, CPU
     assert {c.family for c in checks} == {"resnet", "vit"}
+
+
+def test_recipe_options_build():
+    """The embedded recipe's deviations (inversion, strong colour augmentation) build and run."""
+    from sslbench.config import load_recipe
+    from sslbench.conformance import sample_images
+    from sslbench.run import build_method
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "embedded.yaml"
+    cfg = load_recipe(recipe, ["method.proj_hidden_dim=32", "method.proj_dim=16"])
+    assert cfg.method.invert_p == 0.5 and cfg.method.gray_p == 0.8
+    method = build_method(cfg)
+    assert type(method.augment1[-1]).__name__ == "RandomInvert"
+    x = sample_images(8)
+    views = method.make_views(x)
+    assert len(views) == 2 and all(v.shape == (8, 3, 32, 32) and v.isfinite().all()
+                                   for v in views)
+    assert BarlowTwins.Config().invert_p == 0.0  # the paper's augmentation by default
 
 
 # -- exact values of the loss -------------------------------------------------------------------
