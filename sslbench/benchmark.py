@@ -81,25 +81,15 @@ def load_suite(path: str | Path) -> tuple[str, list[Cell]]:
     return str(raw.get("name") or p.stem), cells
 
 
-def _record_identity(cfg, kind: Optional[str]) -> tuple[str, str]:
-    """(method, backbone) as ``run.evaluate`` writes them for an SSL run (None) or a baseline."""
-    if kind is None:
-        return cfg.method.name, cfg.backbone.name
-    if kind == "raw_pixels":
-        return kind, "pixels"
-    if kind.startswith("timm:"):
-        return kind, kind.split(":", 1)[1]
-    return kind, cfg.backbone.name
-
-
 def _done(cfg, recipe_name: str, kinds: tuple[str, ...] = ()) -> bool:
     """Every protocol x eval seed of this cell (its SSL run, or each baseline kind) has a
     record for the cell's seed."""
     from .leaderboard.record import record_path
+    from .run import record_identity
 
     results = Path(cfg.leaderboard.dir) / "results"
-    for kind in kinds or (None,):
-        method, backbone = _record_identity(cfg, kind)
+    for kind in kinds or ("run",):
+        method, backbone = record_identity(cfg, kind)
         for protocol in cfg.eval.protocols:
             for ev in cfg.eval.seeds:
                 rec = {"recipe": {"name": recipe_name}, "method": method, "backbone": backbone,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import socket
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -299,11 +298,6 @@ def _check_family(name: str, family: str, plugins: Sequence[str]) -> list[Check]
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _ddp_worker(rank: int, world: int, port: int, name: str, family: str,
                 plugins: Sequence[str], views: list[torch.Tensor], out) -> None:
@@ -333,12 +327,14 @@ def _ddp_worker(rank: int, world: int, port: int, name: str, family: str,
 def _check_ddp(name: str, family: str, plugins: Sequence[str]) -> Check:
     import torch.multiprocessing as mp
 
+    from .distributed import free_port
+
     try:
         method, _ = build(name, family, plugins)
         torch.manual_seed(0)
         views = _contiguous(method.make_views(sample_images()))
         result = mp.Manager().dict()
-        mp.spawn(_ddp_worker, args=(2, _free_port(), name, family, tuple(plugins), views,
+        mp.spawn(_ddp_worker, args=(2, free_port(), name, family, tuple(plugins), views,
                                     result), nprocs=2, join=True)
         res = [result[0], result[1]]
     except Exception as e:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -68,3 +69,11 @@ def all_reduce_mean(x: Tensor) -> Tensor:
 def barrier() -> None:
     if is_dist():
         dist.barrier()
+
+
+def free_port() -> int:
+    """A free TCP port on localhost for a process group's MASTER_PORT (tests, the conformance
+    kit's 2-process check)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

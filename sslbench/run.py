@@ -161,6 +161,18 @@ def _feature_fn(kind: str, backbone: Optional[Backbone], normalize: Normalize):
     return lambda x: backbone(normalize(x))
 
 
+def record_identity(cfg: DictConfig, kind: str) -> tuple[str, str]:
+    """(method, backbone) written into the records of a pretrained run (``kind="run"``) or a
+    baseline (``random_init``, ``raw_pixels``, ``timm:NAME``)."""
+    if kind == "run":
+        return cfg.method.name, cfg.backbone.name
+    if kind == "raw_pixels":
+        return kind, "pixels"
+    if kind.startswith("timm:"):
+        return kind, kind.split(":", 1)[1]
+    return kind, cfg.backbone.name
+
+
 def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
              run_dir: Optional[Path] = None, protocols: Optional[list[str]] = None,
              tracker: Optional[Tracker] = None, quiet: bool = False,
@@ -190,7 +202,8 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
     normalize = Normalize(cfg.data.mean, cfg.data.std).to(device)
 
     backbone, cache_dir, cache_key = None, None, kind
-    method_name, backbone_name, family = kind, cfg.backbone.name, None
+    method_name, backbone_name = record_identity(cfg, kind)
+    family = "pixels" if kind == "raw_pixels" else None
     if kind == "run":
         assert run_dir is not None
         weights = run_dir / "backbone.safetensors"
@@ -199,7 +212,6 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
                             f"continue it with: sslbench pretrain {run_dir}")
         backbone = load_backbone(weights)
         cache_dir, cache_key = run_dir / "features", f"bb-{file_hash(weights)}"
-        method_name = cfg.method.name
     elif kind == "random_init":
         seed_everything(cfg.train.seed)
         backbone = create_backbone(cfg.backbone, cfg.data.image_size)
@@ -208,12 +220,9 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
         import copy
 
         bcfg = copy.deepcopy(cfg.backbone)
-        bcfg.name = kind.split(":", 1)[1]
+        bcfg.name = backbone_name
         backbone = create_backbone(bcfg, cfg.data.image_size)
-        backbone_name = bcfg.name
-    elif kind == "raw_pixels":
-        backbone_name, family = "pixels", "pixels"
-    else:
+    elif kind != "raw_pixels":
         from .errors import did_you_mean
 
         raise UserError(f"unknown --backbone '{kind}'"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -57,3 +58,21 @@ def write_recipe(path: Path, overrides: dict | None = None) -> Path:
 @pytest.fixture
 def tiny_recipe(tmp_path) -> Path:
     return write_recipe(tmp_path / "tiny.yaml")
+
+
+def make_record(**overrides: Any) -> dict[str, Any]:
+    """A valid leaderboard record (schema v1); ``overrides`` replace top-level fields."""
+    rec: dict[str, Any] = {
+        "schema_version": 1, "kind": "measured", "method": "simclr", "backbone": "resnet18",
+        "backbone_family": "resnet", "dataset": "embedded", "protocol": "linear",
+        "protocol_settings": {"solver": "lbfgs", "C": 0.1}, "seed": 0, "eval_seed": 0,
+        "metrics": {"acc": 0.6, "ood_acc": 0.4},
+        "recipe": {"path": "recipes/quickstart.yaml", "sha256": "abcdef012345",
+                   "name": "quickstart"},
+        "run_id": "run-0", "config": {},
+        "provenance": {"git_commit": "0123456789abcdef", "git_dirty": False, "device": "cpu"},
+        "pretrain": {"steps": 10, "wall_time_s": 50.0}, "wall_time_s": 1.0,
+        "created": "2026-01-01T00:00:00+00:00",
+    }
+    rec.update(overrides)
+    return rec

@@ -3,20 +3,15 @@ single-process computation on the same global batch."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from sslbench.distributed import free_port
 from sslbench.ssl.simclr import nt_xent_loss
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _init(rank: int, world: int, port: int) -> None:
@@ -43,7 +38,7 @@ def test_gathered_nt_xent_equals_single_process():
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
     out = mp.Manager().dict()
-    mp.spawn(_loss_worker, args=(2, _free_port(), z1, z2, out), nprocs=2, join=True)
+    mp.spawn(_loss_worker, args=(2, free_port(), z1, z2, out), nprocs=2, join=True)
 
     a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
     ref = nt_xent_loss(a, b, 0.2, gather=False)
@@ -94,7 +89,7 @@ def test_ddp_simclr_step_equals_single_process():
     g = torch.Generator().manual_seed(1)
     views = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(2)]
     out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), views, out), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), views, out), nprocs=2, join=True)
 
     method = _build()
     opt = torch.optim.SGD(method.parameters(), lr=0.1)
@@ -120,7 +115,7 @@ def test_torchrun_cli_pretrain_two_processes(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", {"train": {"max_steps": 3, "batch_size": 32}})
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(_free_port()), "-m", "sslbench", "pretrain",
+                        "--master_port", str(free_port()), "-m", "sslbench", "pretrain",
                         str(recipe), "--out", "ddp", "-q"],
                        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from conftest import make_record
+
 from sslbench.cli import main
 from sslbench.leaderboard.html import (
     REPORTED_TITLE, mark_ties, render_html, render_html_dir, script_json,
@@ -22,23 +24,6 @@ from sslbench.leaderboard.store import load_records
 
 REPO = Path(__file__).resolve().parents[2]
 EVIL = "<script>alert(1)</script>"
-
-
-def make_record(**overrides: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "schema_version": 1, "kind": "measured", "method": "simclr", "backbone": "resnet18",
-        "backbone_family": "resnet", "dataset": "embedded", "protocol": "linear",
-        "protocol_settings": {"solver": "lbfgs", "C": 0.1}, "seed": 0, "eval_seed": 0,
-        "metrics": {"acc": 0.6, "ood_acc": 0.4},
-        "recipe": {"path": "recipes/quickstart.yaml", "sha256": "abcdef012345",
-                   "name": "quickstart"},
-        "run_id": "run-0", "config": {},
-        "provenance": {"git_commit": "0123456789abcdef", "git_dirty": False, "device": "cpu"},
-        "pretrain": {"steps": 10, "wall_time_s": 50.0}, "wall_time_s": 1.0,
-        "created": "2026-01-01T00:00:00+00:00",
-    }
-    rec.update(overrides)
-    return rec
 
 
 def seeds(values: list[float], **fields: Any) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from omegaconf import OmegaConf
 
 from sslbench.backbones import create_backbone
 from sslbench.config import BackboneConfig
+from sslbench.distributed import free_port
 from sslbench.errors import UserError
 from sslbench.ssl import DataSpec, StepInfo
 from sslbench.ssl.dino import (DINO, clip_per_parameter, dino_loss, n_loss_terms,
@@ -403,11 +403,6 @@ def test_state_dict_carries_center_and_teacher():
 
 # -- two processes ------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _shard(views: list[torch.Tensor], batch: int, rank: int, world: int) -> list[torch.Tensor]:
     """This rank's images of every crop, keeping the view-major stacking."""
@@ -446,7 +441,7 @@ def test_two_process_center_and_step_equal_single_process():
     ref = _method("vit")
     views = _views(ref, n=batch, seed=1)
     out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), views, batch, out), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), views, batch, out), nprocs=2, join=True)
 
     with torch.no_grad():
         t_raw = ref.teacher_logits(views[0])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 
 from sslbench.backbones import create_backbone
 from sslbench.config import BackboneConfig
+from sslbench.distributed import free_port
 from sslbench.errors import UserError
 from sslbench.ssl import DataSpec, StepInfo
 from sslbench.ssl.moco_v2 import (MoCoV2, SplitBatchNorm, convert_split_bn, moco_infonce_loss,
@@ -276,11 +276,6 @@ def test_make_views_shapes():
 
 # -- two processes ------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank, world, port, views, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -301,7 +296,7 @@ def _worker(rank, world, port, views, out):
 def test_two_processes_enqueue_gathered_keys_in_rank_order():
     views = _views(16, seed=4)
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), views, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), views, out), nprocs=2, join=True)
 
     ref = _build().eval()
     keys = _record(ref, "keys")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 
 from sslbench.backbones import create_backbone
 from sslbench.config import BackboneConfig
+from sslbench.distributed import free_port
 from sslbench.ssl import DataSpec, StepInfo
 from sslbench.ssl.moco_v3 import MoCoV3, moco_v3_ctr_loss, moco_v3_loss
 
@@ -166,11 +166,6 @@ def test_make_views_are_asymmetric_pipelines():
 
 # -- two processes ------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank, world, port, qs, ks, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -194,7 +189,7 @@ def test_gathered_key_loss_equals_single_process():
     qs = [torch.randn(8, 16, generator=g) for _ in range(2)]
     ks = [torch.randn(8, 16, generator=g) for _ in range(2)]
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), qs, ks, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), qs, ks, out), nprocs=2, join=True)
 
     q1, q2 = (q.clone().requires_grad_(True) for q in qs)
     ref = moco_v3_loss(q1, q2, *ks, 0.2, gather=False)
