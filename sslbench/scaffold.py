@@ -304,7 +304,7 @@ replace. The Barlow Twins plugin in sslbench's `examples/plugin_method` is a fin
 4. Run the embedded benchmark with it, and render the board:
 
    ```bash
-   sslbench run $dist/recipes/embedded.yaml        # or add the recipe to a suite + sslbench benchmark
+   sslbench run $dist/recipes/embedded.yaml   # or: add it to a suite, sslbench benchmark
    sslbench leaderboard --format html --out board.html
    sslbench leaderboard validate
    ```

@@ -22,7 +22,7 @@ Distributed training uses the *global* batch: the standardisation statistics and
 all-reduced (sum) over processes and divided by the global batch size N, as the official code
 does with SyncBN and ``torch.distributed.all_reduce(c)``, so the loss equals the single-process
 loss on the same global batch. Unlike the official code the all-reduces here are differentiable
-(``torch.distributed.nn.functional.all_reduce``): with DDP's gradient averaging, the parameter
+(the gradient is all-reduced too): with DDP's gradient averaging, the parameter
 gradients then also equal the single-process ones (the official in-place all-reduce drops the
 other ranks' contributions, i.e. its gradients are 1/world_size of these; its lr absorbs it).
 
@@ -71,13 +71,28 @@ __all__ = ["BarlowTwins", "barlow_twins_loss", "cross_correlation"]
 __version__ = "0.1.0"
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of every copy is the sum of the copies' gradients
+    (each process's loss uses the summed tensor), as ``torch.distributed.nn``'s all_reduce."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 def _global_sum(x: Tensor) -> Tensor:
     """Sum over processes, differentiable (identity in a single process)."""
     if not is_dist() or world_size() == 1:
         return x
-    import torch.distributed.nn.functional as dfn
-
-    return dfn.all_reduce(x, op=dist.ReduceOp.SUM)
+    return _AllReduceSum.apply(x)
 
 
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
