@@ -85,19 +85,26 @@ def _done(cfg, recipe_name: str, kinds: tuple[str, ...] = ()) -> bool:
     """Every protocol x eval seed of this cell (its SSL run, or each baseline kind) has a
     record for the cell's seed."""
     from .leaderboard.record import record_path
-    from .run import record_identity
+    from .run import kind_protocols, record_identity
 
     results = Path(cfg.leaderboard.dir) / "results"
     for kind in kinds or ("run",):
         method, backbone = record_identity(cfg, kind)
-        for protocol in cfg.eval.protocols:
+        for protocol in kind_protocols(kind, list(cfg.eval.protocols)):
             for ev in cfg.eval.seeds:
-                rec = {"recipe": {"name": recipe_name}, "method": method, "backbone": backbone,
-                       "protocol": protocol, "seed": cfg.train.seed, "eval_seed": ev,
-                       "dataset": cfg.data.name}
-                if not record_path(results, rec).is_file():
-                    return False
+                for fraction in cfg.eval.label_fractions:
+                    rec = {"recipe": {"name": recipe_name}, "method": method,
+                           "backbone": backbone, "protocol": protocol, "seed": cfg.train.seed,
+                           "eval_seed": ev, "dataset": cfg.data.name,
+                           "protocol_settings": {"label_fraction": fraction}}
+                    if not record_path(results, rec).is_file():
+                        return False
     return True
+
+
+def matches(name: str, globs: str) -> bool:
+    """Whether ``name`` matches any of the comma-separated shell globs in ``globs``."""
+    return any(fnmatch.fnmatch(name, g.strip()) for g in globs.split(",") if g.strip())
 
 
 def run_suite(path: str | Path, only: Optional[str] = None, skip: Optional[str] = None,
@@ -112,9 +119,9 @@ def run_suite(path: str | Path, only: Optional[str] = None, skip: Optional[str] 
     out = []
     cfg = None
     for cell in cells:
-        if only and not fnmatch.fnmatch(cell.name, only):
+        if only and not matches(cell.name, only):
             continue
-        if skip and fnmatch.fnmatch(cell.name, skip):
+        if skip and matches(cell.name, skip):
             continue
         cfg = load_recipe(cell.recipe, [*cell.overrides, f"train.seed={cell.seed}",
                                         *(extra or [])])

@@ -7,6 +7,8 @@ exits with code 2; ``--debug`` shows the traceback. A failed run (e.g. non-finit
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="linear | linear_sgd | knn | finetune | lpft, comma-separated, or all "
                         "(default)")
     p.add_argument("--backbone", default="run",
-                   help="run (the pretrained backbone) | random | pixels | timm:NAME")
+                   help="run (the pretrained backbone) | random | pixels | supervised (trained "
+                        "from scratch on the labels) | timm:NAME (weights from "
+                        "backbone.checkpoint=PATH)")
     _add_common(p)
 
     p = sub.add_parser("run", help="pretrain, evaluate, record and render the leaderboard")
@@ -54,8 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite YAML (e.g. recipes/suites/embedded.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every cell")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their status")
-    p.add_argument("--only", help="glob on cell names (<recipe>-s<seed>) to run")
-    p.add_argument("--skip", help="glob on cell names to skip")
+    p.add_argument("--only", help="globs on cell names (<recipe>-s<seed>) to run, comma-separated "
+                        "(e.g. 'dino_*-s0,mae_vit-*')")
+    p.add_argument("--skip", help="globs on cell names to skip, comma-separated")
     _add_common(p)
 
     p = sub.add_parser("wandb-sync", help="upload offline W&B runs (wandb sync) found under "
@@ -155,7 +160,7 @@ def cmd_eval(args) -> int:
     kind = {"random": "random_init", "pixels": "raw_pixels"}.get(args.backbone, args.backbone)
     if kind == "run" and run_dir is None:
         raise UserError(f"{args.target} is a recipe, not a run directory; pass a run made by "
-                        f"'sslbench pretrain', or use --backbone random|pixels|timm:NAME")
+                        f"'sslbench pretrain', or use --backbone random|pixels|supervised|timm:NAME")
     protocols = list(PROTOCOLS) if args.protocol == "all" else args.protocol.split(",")
     records = evaluate(cfg, recipe, kind, run_dir if kind == "run" else None, protocols,
                        quiet=args.quiet)
@@ -234,8 +239,6 @@ def cmd_wandb_sync(args) -> int:
 
 
 def cmd_check_method(args) -> int:
-    import os
-
     import torch
 
     from .conformance import check_method
@@ -305,6 +308,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("sslbench: interrupted (a checkpoint-resumable run continues with "
               "'sslbench pretrain RUN_DIR')", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` & co.: stop quietly, like coreutils
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:  # noqa: BLE001
         from .engine import TrainingError
 

@@ -38,7 +38,7 @@ from .utils import atomic_write_json, atomic_write_text, provenance, seed_everyt
 PROTOCOLS = ("linear", "knn", "linear_sgd", "finetune", "lpft")
 FROZEN_PROTOCOLS = ("linear", "knn", "linear_sgd")  # train nothing but a head on cached features
 FINETUNE_PROTOCOLS = ("finetune", "lpft")  # train a copy of the backbone (skipped for pixels)
-BASELINES = ("raw_pixels", "random_init")
+BASELINES = ("raw_pixels", "random_init", "supervised")
 
 
 # -- builders -----------------------------------------------------------------------------------
@@ -161,6 +161,17 @@ def _feature_fn(kind: str, backbone: Optional[Backbone], normalize: Normalize):
     return lambda x: backbone(normalize(x))
 
 
+def kind_protocols(kind: str, protocols: list[str]) -> list[str]:
+    """The protocols ``evaluate`` runs for ``kind``: the ``supervised`` baseline is the
+    fine-tuning protocol from random init whatever was asked; raw pixels have no backbone to
+    fine-tune."""
+    if kind == "supervised":
+        return ["finetune"]
+    if kind == "raw_pixels":
+        return [p for p in protocols if p not in FINETUNE_PROTOCOLS]
+    return list(protocols)
+
+
 def record_identity(cfg: DictConfig, kind: str) -> tuple[str, str]:
     """(method, backbone) written into the records of a pretrained run (``kind="run"``) or a
     baseline (``random_init``, ``raw_pixels``, ``timm:NAME``)."""
@@ -216,25 +227,37 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
         seed_everything(cfg.train.seed)
         backbone = create_backbone(cfg.backbone, cfg.data.image_size)
         cache_key = f"random-s{cfg.train.seed}"
+    elif kind == "supervised":
+        # the upper reference: the same architecture trained from scratch on the labels, by the
+        # fine-tuning protocol (eval.supervised: fine-tuning settings with a from-scratch budget)
+        seed_everything(cfg.train.seed)
+        backbone = create_backbone(cfg.backbone, cfg.data.image_size)
     elif kind.startswith("timm:"):
         import copy
 
+        if not cfg.backbone.checkpoint:
+            raise UserError(f"--backbone {kind} needs local weights (nothing is downloaded): "
+                            f"pass backbone.checkpoint=PATH to a .safetensors / .pt state dict "
+                            f"of timm's '{backbone_name}'")
         bcfg = copy.deepcopy(cfg.backbone)
         bcfg.name = backbone_name
-        backbone = create_backbone(bcfg, cfg.data.image_size)
+        backbone = create_backbone(bcfg, cfg.data.image_size)  # loads backbone.checkpoint
+        weights = Path(cfg.backbone.checkpoint)
+        cache_key = f"timm-{file_hash(weights)}"
+        pretrain_info = {"pretrain": {"checkpoint": weights.name,
+                                      "checkpoint_sha256": file_hash(weights)}}
     elif kind != "raw_pixels":
         from .errors import did_you_mean
 
         raise UserError(f"unknown --backbone '{kind}'"
-                        f"{did_you_mean(kind, ('run', 'random', 'pixels', 'timm:NAME'))}")
+                        f"{did_you_mean(kind, ('run', 'random', 'pixels', 'supervised', 'timm:NAME'))}")
     if backbone is not None:
         backbone.to(device)
         family = backbone.family
-    if backbone is None and any(p in FINETUNE_PROTOCOLS for p in protocols):
-        if not quiet:
-            print(f"note: {', '.join(p for p in protocols if p in FINETUNE_PROTOCOLS)} "
-                  f"skipped for {kind} (no backbone to fine-tune)", file=sys.stderr)
-        protocols = [p for p in protocols if p not in FINETUNE_PROTOCOLS]
+    if backbone is None and any(p in FINETUNE_PROTOCOLS for p in protocols) and not quiet:
+        print(f"note: {', '.join(p for p in protocols if p in FINETUNE_PROTOCOLS)} "
+              f"skipped for {kind} (no backbone to fine-tune)", file=sys.stderr)
+    protocols = kind_protocols(kind, protocols)
     fn = _feature_fn(kind, backbone, normalize)
     bs = cfg.eval.batch_size
 
@@ -284,9 +307,10 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
                                                        device)
                     settings["val_split"] = val_split
                 elif protocol == "finetune":
+                    ft_cfg = cfg.eval.supervised if kind == "supervised" else cfg.eval.finetune
                     metrics, settings = run_finetune(
                         backbone, train.num_classes, train, fit_idx, val_idx, evals, normalize,
-                        cfg.eval.finetune, int(eval_seed), device, bs, log=log)
+                        ft_cfg, int(eval_seed), device, bs, log=log)
                     settings["val_split"] = val_split
                 else:  # lpft
                     metrics, settings = run_lpft(
@@ -305,7 +329,8 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
                     "seed": cfg.train.seed, "eval_seed": int(eval_seed), "metrics": metrics,
                     "recipe": recipe, "run_id": run_dir.name if run_dir else None,
                     "config": to_dict(cfg), "provenance": prov,
-                    "pretrain": (pretrain_info or {}).get("pretrain") if kind == "run" else None,
+                    "pretrain": ((pretrain_info or {}).get("pretrain")
+                                 if kind == "run" or kind.startswith("timm:") else None),
                     "wall_time_s": wall,
                     "created": now_iso(),
                 }
@@ -377,8 +402,11 @@ def run(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = Fa
                           tags=[cfg.method.name, cfg.backbone.name, cfg.data.name])
     for baseline in cfg.eval.baselines:
         if baseline not in BASELINES and not baseline.startswith("timm:"):
+            from .errors import did_you_mean
+
             raise UserError(f"unknown baseline '{baseline}' in eval.baselines "
-                            f"(valid: {', '.join(BASELINES)}, timm:NAME)")
+                            f"(valid: {', '.join(BASELINES)}, timm:NAME)"
+                            f"{did_you_mean(baseline, BASELINES)}")
     try:
         info = pretrain(cfg, recipe, run_dir, quiet, tracker or Tracker(None))
     finally:

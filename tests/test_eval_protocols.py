@@ -309,3 +309,59 @@ def test_evaluate_writes_finetune_lpft_linear_sgd_records(tmp_path):
     pix = evaluate(cfg, recipe_info(recipe), "raw_pixels", None,
                    protocols=["finetune", "linear_sgd"], quiet=True)
     assert {r["protocol"] for r in pix} == {"linear_sgd"}
+
+
+def _tiny_recipe(tmp_path, **eval_cfg):
+    return write_recipe(tmp_path / "tiny.yaml", {
+        "data": {"renders_per_train_glyph": 1, "renders_per_test_glyph": 1},
+        "eval": {"batch_size": 256, **eval_cfg}, "leaderboard": {"dir": "lb"}})
+
+
+def test_supervised_baseline_trains_from_scratch_with_its_own_budget(tmp_path):
+    from sslbench.run import evaluate, recipe_info
+
+    recipe = _tiny_recipe(tmp_path, supervised={"steps": 3, "batch_size": 32, "lr_grid": [3e-3]},
+                          finetune={"steps": 1, "batch_size": 32, "lr_grid": [1e-4]})
+    cfg = load_recipe(recipe)
+    # whatever protocols are asked for, the supervised reference is the fine-tuning protocol
+    records = evaluate(cfg, recipe_info(recipe), "supervised", None,
+                       protocols=["linear", "knn"], quiet=True)
+    assert [(r["method"], r["protocol"]) for r in records] == [("supervised", "finetune")]
+    rec = records[0]
+    assert rec["backbone"] == "test_resnet" and rec["pretrain"] is None
+    assert rec["protocol_settings"]["steps"] == 3  # eval.supervised, not eval.finetune
+    assert rec["protocol_settings"]["chosen_lr"] == 3e-3
+    assert {"acc", "ood_acc", "val_acc"} <= rec["metrics"].keys()
+    from sslbench.leaderboard.render import is_baseline
+
+    assert is_baseline(rec["method"])
+
+
+def test_timm_baseline_needs_and_loads_local_weights(tmp_path):
+    from sslbench.errors import UserError
+    from sslbench.run import evaluate, recipe_info
+
+    recipe = _tiny_recipe(tmp_path, knn={"k": 5})
+    cfg = load_recipe(recipe)
+    with pytest.raises(UserError, match="backbone.checkpoint=PATH"):
+        evaluate(cfg, recipe_info(recipe), "timm:test_resnet", None, protocols=["knn"],
+                 quiet=True)
+    torch.manual_seed(1)
+    weights = save_backbone(create_backbone(cfg.backbone, 32), tmp_path / "w.safetensors")
+    torch.manual_seed(2)  # a different random net: what the baseline would be without weights
+    other = save_backbone(create_backbone(cfg.backbone, 32), tmp_path / "other.safetensors")
+    for w in (weights, other):
+        cfg.backbone.checkpoint = str(w)
+        (rec,) = evaluate(cfg, recipe_info(recipe), "timm:test_resnet", None, protocols=["knn"],
+                          quiet=True)
+        assert (rec["method"], rec["backbone"]) == ("timm:test_resnet", "test_resnet")
+        assert rec["pretrain"] == {"checkpoint": w.name, "checkpoint_sha256": file_hash(w)}
+    # the backbone is the file's weights, not a fresh init
+    bb = create_backbone(cfg.backbone, 32)  # loads `other`
+    cfg.backbone.checkpoint = None
+    x = torch.rand(2, 3, 32, 32)
+    from sslbench.backbones import load_weights
+
+    ref = create_backbone(cfg.backbone, 32)
+    load_weights(ref, other)
+    assert torch.equal(bb.eval()(x), ref.eval()(x))

@@ -58,8 +58,10 @@ parameters still trained. (The paper's val mode puts the whole network in eval m
 drop path active, since FT and LP-FT share one pipeline here.) Because the frozen features were
 extracted by the same eval path (normalise -> backbone in eval mode, fp32), the model's step-0
 logits equal the probe's up to float rounding; ``chosen_step0_val_acc`` records the check, next
-to the probe's own numbers (``chosen_lp``). Default lr grid (3e-4, 1e-3), ~3x below plain FT
-(the paper sweeps LP-FT lrs far below FT's).
+to the probe's own numbers (``chosen_lp``). Default lr grid: FT's (1e-3, 3e-3), chosen on the
+validation split like FT's, so that FT and LP-FT differ only in head init and BN mode (the paper
+sweeps both; a grid 3x below FT's, (3e-4, 1e-3), left LP-FT at the probe's accuracy after 150
+steps on the embedded benchmark, see below).
 
 Known behaviour on the embedded benchmark (SimCLR ``test_resnet``, 150 steps): the probe is
 fitted on *un-augmented* images, and on RandomResizedCrop(0.3, 1) views its loss starts *above*

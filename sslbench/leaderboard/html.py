@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils import atomic_write_text
-from .render import _canonical, _protocol_sort_key, aggregate
+from .render import _canonical, _protocol_sort_key, aggregate, best_and_ties, interval
 from .store import load_records
 
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#9D755D",
@@ -100,12 +100,6 @@ def _acc(row: dict[str, Any], metric: str = "acc") -> dict[str, Any] | None:
     return summary
 
 
-def interval(summary: dict[str, Any]) -> tuple[float, float]:
-    """The 95% CI of a metric summary; a single seed (no CI) is the point at its mean."""
-    half = summary["ci95"] or 0.0
-    return summary["mean"] - half, summary["mean"] + half
-
-
 def _tie_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row.get("kind", "measured"), row["dataset"], row["protocol"], label_fraction(row))
 
@@ -122,15 +116,9 @@ def mark_ties(rows: list[dict[str, Any]]) -> dict[int, tuple[str, int]]:
             groups[_tie_key(row)].append(i)
     marks: dict[int, tuple[str, int]] = {}
     for members in groups.values():
-        best = max(members, key=lambda i: (_acc(rows[i])["mean"], -i))
-        b_lo, b_hi = interval(_acc(rows[best]))
+        best, ties = best_and_ties({i: _acc(rows[i]) for i in members})
         marks[best] = ("best", best)
-        for i in members:
-            if i == best:
-                continue
-            lo, hi = interval(_acc(rows[i]))
-            if lo <= b_hi and b_lo <= hi:
-                marks[i] = ("tie", best)
+        marks.update({i: ("tie", best) for i in ties})
     return marks
 
 

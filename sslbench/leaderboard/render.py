@@ -75,6 +75,23 @@ def ci95_halfwidth(values: list[float]) -> float | None:
     return float(stats.t.ppf(0.975, n - 1) * _std(values) / math.sqrt(n))
 
 
+def interval(summary: dict[str, Any]) -> tuple[float, float]:
+    """The 95% CI of a metric summary; a single seed (no CI) is the point at its mean."""
+    half = summary["ci95"] or 0.0
+    return summary["mean"] - half, summary["mean"] + half
+
+
+def best_and_ties(summaries: dict[Any, dict[str, Any]]) -> tuple[Any, list[Any]]:
+    """The key with the highest mean (first key on equal means) and the keys whose 95% CI
+    overlaps the best one's: a ranking among those is not supported by the seeds."""
+    keys = list(summaries)
+    best = max(keys, key=lambda k: (summaries[k]["mean"], -keys.index(k)))
+    b_lo, b_hi = interval(summaries[best])
+    ties = [k for k in keys if k != best
+            and interval(summaries[k])[0] <= b_hi and b_lo <= interval(summaries[k])[1]]
+    return best, ties
+
+
 def _std(values: list[float]) -> float:
     n = len(values)
     if n < 2:
@@ -269,13 +286,26 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     header += ["Seeds", "Pretrain (s)"]
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
              "|" + "|".join([":---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
-    for (method, backbone, recipe), by_protocol in sorted(cells.items(), key=order):
+    ranked = sorted(cells.items(), key=order)
+    marks: dict[tuple[int, str], str] = {}  # (row, column metric) -> "best" | "tie"
+    for p in protocols:
+        for metric in ("acc", "ood_acc") if p in with_ood else ("acc",):
+            column = {i: by_protocol[p]["metrics"][metric]
+                      for i, (_, by_protocol) in enumerate(ranked)
+                      if metric in by_protocol.get(p, {}).get("metrics", {})}
+            if len(column) > 1:
+                best, ties = best_and_ties(column)
+                marks[(best, p + metric)] = "best"
+                marks.update({(i, p + metric): "tie" for i in ties})
+    for i, ((method, backbone, recipe), by_protocol) in enumerate(ranked):
         row = [method, backbone, recipe]
         for p in protocols:
             metrics = by_protocol.get(p, {}).get("metrics", {})
-            row.append(_pct(metrics.get("acc")))
-            if p in with_ood:
-                row.append(_pct(metrics.get("ood_acc")))
+            for metric in ("acc", "ood_acc") if p in with_ood else ("acc",):
+                text = _pct(metrics.get(metric))
+                mark = marks.get((i, p + metric))
+                row.append(f"**{text}**" if mark == "best" else
+                           f"{text} ≈" if mark == "tie" else text)
         present = [by_protocol[p] for p in protocols if p in by_protocol]
         ns = [str(g["n"]) for g in present]
         row.append(ns[0] if len(set(ns)) == 1 else " / ".join(ns))
@@ -317,7 +347,9 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
         "Accuracies are in percent, averaged over seeds. `±` is the half-width of the 95% "
         "t-interval over seeds (Student t, n−1 degrees of freedom); a bare number is a single "
         f"seed; `{_MISSING}` means not measured. Baselines are listed first, then methods by "
-        "linear-probe top-1. *Seeds* is the number of (seed, eval seed) runs per protocol; "
+        "linear-probe top-1. In each column the best mean is **bold** and `≈` marks a row whose "
+        "95% interval overlaps the best one's (a tie: the seeds do not separate them). "
+        "*Seeds* is the number of (seed, eval seed) runs per protocol; "
         "*Pretrain (s)* the mean pretraining wall time.",
     ]
     reported = [r for r in rows if r.get("kind") == "reported"]

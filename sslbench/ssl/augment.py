@@ -36,10 +36,15 @@ def to_float(x: Tensor) -> Tensor:
 def simclr_view(size: int, crop_scale: Sequence[float] = (0.08, 1.0), color_strength: float = 0.5,
                 color_p: float = 0.8, gray_p: float = 0.2, blur_p: float = 0.0,
                 solarize_p: float = 0.0, flip_p: float = 0.5,
-                jitter: Sequence[float] | None = None) -> nn.Sequential:
+                jitter: Sequence[float] | None = None, invert_p: float = 0.0) -> nn.Sequential:
     """One view pipeline on [0, 1] floats: RRC -> flip -> colour jitter -> grayscale [-> blur
-    -> solarize]. ``jitter`` overrides the SimCLR (0.8s, 0.8s, 0.8s, 0.2s) strengths, e.g. the
-    MoCo/BYOL (0.4, 0.4, 0.2, 0.1)."""
+    -> solarize -> invert]. ``jitter`` overrides the SimCLR (0.8s, 0.8s, 0.8s, 0.2s) strengths,
+    e.g. the MoCo/BYOL (0.4, 0.4, 0.2, 0.1).
+
+    ``invert_p`` (in no paper; default off) inverts colours per sample. On the embedded benchmark
+    polarity, grey level and tint are per-image nuisances that both views of an image share, and
+    non-contrastive / teacher methods satisfy their objective by encoding them unless each view
+    draws its own polarity (README "Calibration")."""
     s = color_strength
     b, c, sat, h = jitter if jitter is not None else (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
     ops: list[nn.Module] = [
@@ -53,4 +58,6 @@ def simclr_view(size: int, crop_scale: Sequence[float] = (0.08, 1.0), color_stre
         ops.append(K.RandomGaussianBlur((k, k), sigma=(0.1, 2.0), p=blur_p))
     if solarize_p > 0:
         ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))
+    if invert_p > 0:
+        ops.append(K.RandomInvert(p=invert_p))
     return nn.Sequential(*ops)

@@ -213,6 +213,7 @@ class DINO(SSLMethod):
         jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])
         color_p: float = 0.8
         gray_p: float = 0.2
+        invert_p: float = 0.0  # not in the paper: per-view colour inversion (augment.simclr_view)
         flip_p: float = 0.5
         global_blur_p: list[float] = field(default_factory=lambda: [0.0, 0.0])  # 224: [1, 0.1]
         local_blur_p: float = 0.0  # 224 px: 0.5
@@ -259,7 +260,7 @@ class DINO(SSLMethod):
         cfg = self.cfg
         scale = cfg.global_crop_scale or ([0.4, 1.0] if cfg.num_local_crops > 0 else [0.14, 1.0])
         common = dict(jitter=tuple(cfg.jitter), color_p=cfg.color_p, gray_p=cfg.gray_p,
-                      flip_p=cfg.flip_p)
+                      flip_p=cfg.flip_p, invert_p=cfg.invert_p)
         self.global_augs = nn.ModuleList([
             simclr_view(image_size, scale, blur_p=cfg.global_blur_p[0], **common),
             simclr_view(image_size, scale, blur_p=cfg.global_blur_p[1],

@@ -172,6 +172,8 @@ class MoCoV2(SSLMethod):
         jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
         blur_p: float = 0.0  # off at 32 px; 0.5 at 224 px ("aug+")
         flip_p: float = 0.5
+        gray_p: float = 0.2
+        invert_p: float = 0.0  # not in the paper: per-view colour inversion (augment.simclr_view)
 
     def __init__(self, backbone, cfg, data) -> None:
         super().__init__(backbone, cfg, data)
@@ -191,7 +193,8 @@ class MoCoV2(SSLMethod):
         self.momentum = cfg.momentum  # set per step in before_step
         self.normalize = Normalize(data.mean, data.std)
         self.augment = simclr_view(data.image_size, cfg.crop_scale, jitter=cfg.jitter,
-                                   blur_p=cfg.blur_p, flip_p=cfg.flip_p)
+                                   blur_p=cfg.blur_p, flip_p=cfg.flip_p, gray_p=cfg.gray_p,
+                                   invert_p=cfg.invert_p)
 
     # -- hooks ----------------------------------------------------------------------------------
     def before_step(self, step: StepInfo) -> None:

@@ -98,6 +98,8 @@ class MoCoV3(SSLMethod):
         solarize_p1: float = 0.0
         solarize_p2: float = 0.2
         flip_p: float = 0.5
+        gray_p: float = 0.2
+        invert_p: float = 0.0  # not in the paper: per-view colour inversion (augment.simclr_view)
 
     def __init__(self, backbone, cfg, data) -> None:
         super().__init__(backbone, cfg, data)
@@ -118,7 +120,8 @@ class MoCoV3(SSLMethod):
         self.momentum_projector = frozen_copy(self.projector)
         self.momentum = cfg.momentum  # set per step in before_step
         self.normalize = Normalize(data.mean, data.std)
-        common = dict(crop_scale=cfg.crop_scale, jitter=cfg.jitter, flip_p=cfg.flip_p)
+        common = dict(crop_scale=cfg.crop_scale, jitter=cfg.jitter, flip_p=cfg.flip_p,
+                      gray_p=cfg.gray_p, invert_p=cfg.invert_p)
         self.augment1 = simclr_view(data.image_size, blur_p=cfg.blur_p1,
                                     solarize_p=cfg.solarize_p1, **common)
         self.augment2 = simclr_view(data.image_size, blur_p=cfg.blur_p2,

@@ -210,11 +210,26 @@ def test_markdown_missing_protocol_and_other_settings_table(tmp_path: Path) -> N
                     metrics={"acc": 0.45}),
     ]
     md = render(write_all(tmp_path / "results", *recs), "md")
-    assert split_cells(row_for(md, "dino"))[3:5] == ["–", "45.0"]
+    assert split_cells(row_for(md, "dino"))[3:5] == ["–", "**45.0**"]  # best k-NN (k 20)
     assert "### knn, other settings" in md
     other = md.split("### knn, other settings")[1]
     assert split_cells(table_lines(other)[1])[:4] == ["simclr", "resnet18", "quickstart", "35.0"]
     assert "k = `200`" in other
+
+
+def test_markdown_marks_the_best_and_ties_per_column(tmp_path: Path) -> None:
+    accs = {"simclr": [0.60, 0.62, 0.64], "byol": [0.55, 0.61, 0.66],  # overlaps simclr's CI
+            "rotation": [0.40, 0.41, 0.42]}  # clearly below
+    recs = [make_record(method=m, seed=i, metrics={"acc": a, "ood_acc": 0.5 - 0.1 * i})
+            for m, vals in accs.items() for i, a in enumerate(vals)]
+    md = render(write_all(tmp_path / "results", *recs), "md")
+    simclr, byol, rot = (split_cells(row_for(md, m))[3] for m in ("simclr", "byol", "rotation"))
+    assert simclr.startswith("**62.0 ±") and simclr.endswith("**")
+    assert byol.startswith("60.7 ±") and byol.endswith(" ≈")
+    assert rot.startswith("41.0 ±") and "≈" not in rot and "**" not in rot
+    # OOD: every method has the same values, so all tie with the best (the first listed)
+    oods = [split_cells(row_for(md, m))[4] for m in ("simclr", "byol", "rotation")]
+    assert sum(o.startswith("**") for o in oods) == 1 and sum(o.endswith("≈") for o in oods) == 2
 
 
 def test_markdown_escapes_pipes(tmp_path: Path) -> None:
