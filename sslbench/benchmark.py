@@ -85,7 +85,7 @@ def _done(cfg, recipe_name: str, kinds: tuple[str, ...] = ()) -> bool:
     """Every protocol x eval seed of this cell (its SSL run, or each baseline kind) has a
     record for the cell's seed."""
     from .leaderboard.record import record_path
-    from .run import kind_protocols, record_identity
+    from .run import FINETUNE_PROTOCOLS, kind_protocols, record_identity
 
     results = Path(cfg.leaderboard.dir) / "results"
     for kind in kinds or ("run",):
@@ -93,10 +93,14 @@ def _done(cfg, recipe_name: str, kinds: tuple[str, ...] = ()) -> bool:
         for protocol in kind_protocols(kind, list(cfg.eval.protocols)):
             for ev in cfg.eval.seeds:
                 for fraction in cfg.eval.label_fractions:
+                    settings = {"label_fraction": fraction}
+                    if (cfg.eval.feature_layer is not None and kind != "raw_pixels"
+                            and protocol not in FINETUNE_PROTOCOLS):
+                        settings["feature_layer"] = cfg.eval.feature_layer
                     rec = {"recipe": {"name": recipe_name}, "method": method,
                            "backbone": backbone, "protocol": protocol, "seed": cfg.train.seed,
                            "eval_seed": ev, "dataset": cfg.data.name,
-                           "protocol_settings": {"label_fraction": fraction}}
+                           "protocol_settings": settings}
                     if not record_path(results, rec).is_file():
                         return False
     return True

@@ -133,10 +133,10 @@ def cmd_methods(args) -> int:
         load_plugin_file(path)
     rows = [(n, ", ".join(METHODS.get(n).families), METHODS.origin(n), METHODS.get(n).paper)
             for n in METHODS.names()]
-    w = max(len(r[0]) for r in rows)
-    print(f"{'method':<{w}}  {'backbones':<12}  {'source':<10}  paper")
-    for name, fam, origin, paper in rows:
-        print(f"{name:<{w}}  {fam:<12}  {origin:<10}  {paper}")
+    header = ("method", "backbones", "source", "paper")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:3])]
+    for row in (header, *rows):
+        print("  ".join(f"{c:<{w}}" for c, w in zip(row[:3], widths)) + f"  {row[3]}")
     return 0
 
 

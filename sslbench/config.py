@@ -31,6 +31,19 @@ class BackboneConfig:
 
 
 @dataclass
+class OODSetConfig:
+    """One extra out-of-distribution evaluation set (sslbench/datasets/ood.py)."""
+    name: str = "ood_set"  # metrics are reported as <name>_acc
+    kind: str = "stl10"  # stl10 | cifar10_1 | cifar10_c | any data source kind
+    path: Optional[str] = None
+    split: Optional[str] = None  # for generic sources (default test)
+    class_map: dict[str, str] = field(default_factory=dict)  # OOD class -> training class
+    corruptions: list[str] = field(default_factory=list)  # cifar10_c (empty: all)
+    severity: int = 5  # cifar10_c
+    required: bool = False  # False: skipped with a note when the path is missing
+
+
+@dataclass
 class DataConfig:
     name: str = "embedded"  # embedded | hf | parquet | imagefolder | cifar10 | cifar100
     path: Optional[str] = None  # hub name or local directory/file for the non-embedded sources
@@ -39,6 +52,7 @@ class DataConfig:
     test_split: str = "test"
     ood_split: Optional[str] = "ood"  # evaluated when the dataset has it
     val_split: Optional[str] = None  # None: carve eval.linear.val_fraction from train
+    ood_sets: list[OODSetConfig] = field(default_factory=list)  # extra OOD evaluation sets
     image_key: Optional[str] = None  # HF column names (None: auto-detect)
     label_key: Optional[str] = None
     num_workers: int = 0
@@ -155,6 +169,10 @@ class EvalConfig:
     # every protocol; the validation split (eval.linear.val_fraction, by group) is carved from it
     label_fractions: list[float] = field(default_factory=lambda: [1.0])
     batch_size: int = 512
+    # frozen-feature protocols (linear, linear_sgd, knn) read this layer: null = the final pooled
+    # representation; an int = a ResNet stage (0 stem, 1-4) or a ViT block, spatially averaged
+    # (Backbone.features_at). Earlier layers often suit rotation / context / greedy better.
+    feature_layer: Optional[int] = None
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     linear_sgd: LinearSGDConfig = field(default_factory=LinearSGDConfig)

@@ -154,11 +154,12 @@ def pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool
 
 # -- evaluation ---------------------------------------------------------------------------------
 
-def _feature_fn(kind: str, backbone: Optional[Backbone], normalize: Normalize):
+def _feature_fn(kind: str, backbone: Optional[Backbone], normalize: Normalize,
+                layer: Optional[int] = None):
     if kind == "raw_pixels":
         return lambda x: normalize(x).flatten(1)
     assert backbone is not None
-    return lambda x: backbone(normalize(x))
+    return lambda x: backbone.features_at(normalize(x), layer)
 
 
 def kind_protocols(kind: str, protocols: list[str]) -> list[str]:
@@ -210,6 +211,10 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
     evals = {"test": get_split(splits, cfg.data.test_split, "evaluation")}
     if cfg.data.ood_split and cfg.data.ood_split in splits:
         evals["ood"] = splits[cfg.data.ood_split]
+    if cfg.data.ood_sets:
+        from .datasets.ood import load_ood_sets
+
+        evals.update(load_ood_sets(cfg.data, train.classes, quiet))
     normalize = Normalize(cfg.data.mean, cfg.data.std).to(device)
 
     backbone, cache_dir, cache_key = None, None, kind
@@ -258,7 +263,13 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
         print(f"note: {', '.join(p for p in protocols if p in FINETUNE_PROTOCOLS)} "
               f"skipped for {kind} (no backbone to fine-tune)", file=sys.stderr)
     protocols = kind_protocols(kind, protocols)
-    fn = _feature_fn(kind, backbone, normalize)
+    layer = cfg.eval.feature_layer if kind != "raw_pixels" else None
+    if layer is not None and "lpft" in protocols:
+        raise UserError("lpft starts from the probe on the final representation; run it "
+                        "without eval.feature_layer (set it to null)")
+    if layer is not None:
+        cache_key = f"{cache_key}-layer{layer}"
+    fn = _feature_fn(kind, backbone, normalize, layer)
     bs = cfg.eval.batch_size
 
     def feats(ds: ImageDataset):
@@ -319,6 +330,8 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
                         log=log)
                     settings["val_split"] = val_split
                 settings["label_fraction"] = float(fraction)
+                if layer is not None and protocol not in FINETUNE_PROTOCOLS:
+                    settings["feature_layer"] = int(layer)  # absent = the final representation
                 wall = time.perf_counter() - t1
                 if protocol != "finetune":
                     wall += feature_time / n_feature_protocols

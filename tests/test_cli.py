@@ -94,6 +94,11 @@ def test_methods_lists_simclr_and_plugin_file(tmp_path, capsys):
     assert main(["methods", "--plugins", str(plugin)]) == 0
     out = capsys.readouterr().out
     assert "simclr " in out and "simclr_plugin_file" in out and "resnet, vit" in out
+    # columns stay aligned whatever the width of a plugin's source
+    lines = out.splitlines()
+    col = lines[0].index("paper")
+    row = next(line for line in lines if line.startswith("simclr_plugin_file "))
+    assert row[col:] == "test plugin" and row[col - 2:col] == "  "
     recipe = write_recipe(tmp_path / "p.yaml", {"plugins": [str(plugin)],
                                                 "method": {"name": "simclr_plugin_file"},
                                                 "backbone": {"name": "test_vit"}})

@@ -365,3 +365,39 @@ def test_timm_baseline_needs_and_loads_local_weights(tmp_path):
     ref = create_backbone(cfg.backbone, 32)
     load_weights(ref, other)
     assert torch.equal(bb.eval()(x), ref.eval()(x))
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit"])
+def test_feature_layer_reads_intermediate_layers(name):
+    from sslbench.errors import UserError
+
+    bb = _backbone(name, small_input=name == "test_vit").eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(bb.features_at(x, None), bb(x))
+        inter = bb.model.forward_intermediates(x, intermediates_only=True)
+        assert len(inter) == bb.num_layers
+        for i, f in enumerate(inter):
+            assert torch.allclose(bb.features_at(x, i), f.mean(dim=(2, 3)))
+        assert torch.allclose(bb.features_at(x, -1), inter[-1].mean(dim=(2, 3)))
+    with pytest.raises(UserError, match="out of range"):
+        bb.features_at(x, bb.num_layers)
+
+
+def test_evaluate_with_a_feature_layer_records_it(tmp_path):
+    from sslbench.errors import UserError
+    from sslbench.run import evaluate, recipe_info
+
+    recipe = _tiny_recipe(tmp_path, feature_layer=2, knn={"k": 5})
+    cfg = load_recipe(recipe)
+    (rec,) = evaluate(cfg, recipe_info(recipe), "random_init", None, protocols=["knn"],
+                      quiet=True)
+    assert rec["protocol_settings"]["feature_layer"] == 2
+    with pytest.raises(UserError, match="lpft"):
+        evaluate(cfg, recipe_info(recipe), "random_init", None, protocols=["lpft"], quiet=True)
+    cfg.eval.feature_layer = None
+    (last,) = evaluate(cfg, recipe_info(recipe), "random_init", None, protocols=["knn"],
+                       quiet=True)
+    assert "feature_layer" not in last["protocol_settings"]
+    assert record_path("lb/results", rec).name.endswith("__knn__seed0__ev0__layer2.json")
+    assert record_path("lb/results", rec).is_file() and record_path("lb/results", last).is_file()

@@ -137,6 +137,10 @@ def test_published_recipe_conventions(path: Path):
     assert conv["backbones"].get(suffix) == cfg.backbone.name, (suffix, cfg.backbone.name)
     assert cfg.data.name == conv["data"] and cfg.data.image_size == conv["image_size"]
     assert cfg.data.ood_split is None
+    if cfg.data.name == "cifar10":  # the standard shifts, evaluated where present locally
+        assert {(o.name, o.kind) for o in cfg.data.ood_sets} == {
+            ("stl10", "stl10"), ("cifar10_1", "cifar10_1"), ("cifar10_c", "cifar10_c")}
+        assert not any(o.required for o in cfg.data.ood_sets)
     assert cfg.eval.protocols == ["linear", "knn"]
     header = []
     for line in path.read_text().splitlines():

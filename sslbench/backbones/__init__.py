@@ -76,6 +76,30 @@ class Backbone(nn.Module):
         return self.model.forward_features(x)
 
     @property
+    def num_layers(self) -> int:
+        """Feature layers :meth:`features_at` can read: the stem + 4 stages of a ResNet, the
+        blocks of a ViT (timm ``feature_info``)."""
+        return len(getattr(self.model, "feature_info", None) or [])
+
+    def features_at(self, x: Tensor, layer: Optional[int]) -> Tensor:
+        """(B, C) features of ``layer`` (None: the final pooled ``h`` of :meth:`forward`).
+
+        An intermediate layer is read with timm's ``forward_intermediates`` and averaged over
+        space: ResNet index 0 = stem, 1-4 = layer1-4 (GAP of the stage output); ViT index j =
+        block j, mean of its patch tokens (no final norm, no cls token). Negative indices count
+        from the end."""
+        if layer is None:
+            return self(x)
+        n = self.num_layers
+        if not -n <= int(layer) < n:
+            raise UserError(f"eval.feature_layer={layer} is out of range for '{self.name}' "
+                            f"({n} layers: 0..{n - 1}, or -1..-{n}); or null for the final "
+                            f"representation")
+        (f,) = self.model.forward_intermediates(x, indices=[int(layer) % n],
+                                                intermediates_only=True)
+        return f.mean(dim=(2, 3))
+
+    @property
     def patch_size(self) -> Optional[int]:
         pe = getattr(self.model, "patch_embed", None)
         return None if pe is None else int(pe.patch_size[0])

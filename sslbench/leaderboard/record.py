@@ -71,15 +71,19 @@ def _slug(s: str) -> str:
 
 def record_path(results_dir: str | Path, rec: dict[str, Any]) -> Path:
     """``<results>/<dataset>/<recipe>__<method>__<backbone>__<protocol>__seed<k>__ev<j>.json``,
-    with ``__lf<fraction>`` appended when ``protocol_settings.label_fraction`` is not 1 (so the
-    names of full-label records stay as they were)."""
+    with ``__lf<fraction>`` appended when ``protocol_settings.label_fraction`` is not 1 and
+    ``__layer<k>`` when ``protocol_settings.feature_layer`` is set (so the names of full-label,
+    final-layer records stay as they were)."""
     parts = [
         _slug(rec["recipe"].get("name") or "adhoc"), _slug(rec["method"]), _slug(rec["backbone"]),
         _slug(rec["protocol"]), f"seed{rec['seed']}", f"ev{rec['eval_seed']}",
     ]
-    fraction = float((rec.get("protocol_settings") or {}).get("label_fraction", 1.0))
+    settings = rec.get("protocol_settings") or {}
+    fraction = float(settings.get("label_fraction", 1.0))
     if fraction != 1.0:
         parts.append(f"lf{fraction:g}")
+    if settings.get("feature_layer") is not None:
+        parts.append(f"layer{settings['feature_layer']}")
     name = "__".join(parts)
     return Path(results_dir) / _slug(rec["dataset"]) / f"{name}.json"
 
