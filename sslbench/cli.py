@@ -297,6 +297,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"sslbench: error: '{args.cmd}' takes no key=value overrides "
               f"(got {overrides[0]})", file=sys.stderr)
         return 2
+    if args.cmd in ("pretrain", "eval", "run", "benchmark"):
+        from .utils import git_commit
+
+        git_commit()  # provenance of the code this process runs, before the checkout can move
     try:
         return COMMANDS[args.cmd](args)
     except UserError as e:

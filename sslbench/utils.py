@@ -1,6 +1,8 @@
 """Small shared helpers: atomic writes, provenance, seeding."""
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import platform
@@ -49,8 +51,19 @@ def seed_everything(seed: int) -> None:
 
 
 def git_commit(cwd: str | Path | None = None) -> dict[str, Any]:
-    """The commit of the sslbench source tree (and whether it had uncommitted changes)."""
+    """The commit of the sslbench source tree (and whether it had uncommitted changes), read
+    once per process and directory: a record names the code this process imported, not the
+    tree as it is when the record is written (the checkout may move during a long suite)."""
     here = Path(cwd) if cwd else Path(__file__).resolve().parent
+    return dict(_git_state(str(here)))
+
+
+@functools.lru_cache(maxsize=None)
+def _git_state(here: str) -> tuple[tuple[str, Any], ...]:
+    return tuple(_read_git_state(Path(here)).items())
+
+
+def _read_git_state(here: Path) -> dict[str, Any]:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=10).stdout.strip()
