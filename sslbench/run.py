@@ -264,9 +264,12 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
               f"skipped for {kind} (no backbone to fine-tune)", file=sys.stderr)
     protocols = kind_protocols(kind, protocols)
     layer = cfg.eval.feature_layer if kind != "raw_pixels" else None
-    if layer is not None and "lpft" in protocols:
-        raise UserError("lpft starts from the probe on the final representation; run it "
-                        "without eval.feature_layer (set it to null)")
+    if layer is not None and "lpft" in protocols:  # its head is the final-layer probe
+        if not quiet:
+            print(f"note: lpft skipped with eval.feature_layer={layer} (LP-FT starts from the "
+                  f"probe on the final representation; run it with feature_layer null)",
+                  file=sys.stderr)
+        protocols = [p for p in protocols if p != "lpft"]
     if layer is not None:
         cache_key = f"{cache_key}-layer{layer}"
     fn = _feature_fn(kind, backbone, normalize, layer)

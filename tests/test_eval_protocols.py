@@ -385,7 +385,6 @@ def test_feature_layer_reads_intermediate_layers(name):
 
 
 def test_evaluate_with_a_feature_layer_records_it(tmp_path):
-    from sslbench.errors import UserError
     from sslbench.run import evaluate, recipe_info
 
     recipe = _tiny_recipe(tmp_path, feature_layer=2, knn={"k": 5})
@@ -393,8 +392,9 @@ def test_evaluate_with_a_feature_layer_records_it(tmp_path):
     (rec,) = evaluate(cfg, recipe_info(recipe), "random_init", None, protocols=["knn"],
                       quiet=True)
     assert rec["protocol_settings"]["feature_layer"] == 2
-    with pytest.raises(UserError, match="lpft"):
-        evaluate(cfg, recipe_info(recipe), "random_init", None, protocols=["lpft"], quiet=True)
+    # LP-FT's head is the final-layer probe: skipped, not run on the wrong features
+    assert evaluate(cfg, recipe_info(recipe), "random_init", None, protocols=["lpft"],
+                    quiet=True) == []
     cfg.eval.feature_layer = None
     (last,) = evaluate(cfg, recipe_info(recipe), "random_init", None, protocols=["knn"],
                        quiet=True)
