@@ -85,22 +85,19 @@ def _done(cfg, recipe_name: str, kinds: tuple[str, ...] = ()) -> bool:
     """Every protocol x eval seed of this cell (its SSL run, or each baseline kind) has a
     record for the cell's seed."""
     from .leaderboard.record import record_path
-    from .run import FINETUNE_PROTOCOLS, kind_protocols, record_identity
+    from .run import feature_layer, identity_settings, kind_protocols, record_identity
 
     results = Path(cfg.leaderboard.dir) / "results"
     for kind in kinds or ("run",):
         method, backbone = record_identity(cfg, kind)
-        for protocol in kind_protocols(kind, list(cfg.eval.protocols)):
+        layer = feature_layer(cfg, kind)
+        for protocol in kind_protocols(kind, list(cfg.eval.protocols), layer):
             for ev in cfg.eval.seeds:
                 for fraction in cfg.eval.label_fractions:
-                    settings = {"label_fraction": fraction}
-                    if (cfg.eval.feature_layer is not None and kind != "raw_pixels"
-                            and protocol not in FINETUNE_PROTOCOLS):
-                        settings["feature_layer"] = cfg.eval.feature_layer
                     rec = {"recipe": {"name": recipe_name}, "method": method,
                            "backbone": backbone, "protocol": protocol, "seed": cfg.train.seed,
                            "eval_seed": ev, "dataset": cfg.data.name,
-                           "protocol_settings": settings}
+                           "protocol_settings": identity_settings(protocol, fraction, layer)}
                     if not record_path(results, rec).is_file():
                         return False
     return True

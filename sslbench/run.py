@@ -21,7 +21,7 @@ from .backbones import Backbone, create_backbone, load_backbone, save_backbone
 from .config import content_hash, load_recipe, to_dict, to_yaml
 from .datasets import ImageDataset, get_split, load_splits
 from .engine import fit
-from .errors import UserError
+from .errors import UserError, did_you_mean
 from .eval.features import cached_extract, file_hash
 from .eval.finetune import run_finetune, run_lpft, stderr_log
 from .eval.knn import run_knn
@@ -162,15 +162,28 @@ def _feature_fn(kind: str, backbone: Optional[Backbone], normalize: Normalize,
     return lambda x: backbone.features_at(normalize(x), layer)
 
 
-def kind_protocols(kind: str, protocols: list[str]) -> list[str]:
+def feature_layer(cfg: DictConfig, kind: str) -> Optional[int]:
+    """The layer the frozen-feature protocols read (None: the final representation)."""
+    return None if kind == "raw_pixels" else cfg.eval.feature_layer
+
+
+def kind_protocols(kind: str, protocols: list[str], layer: Optional[int] = None) -> list[str]:
     """The protocols ``evaluate`` runs for ``kind``: the ``supervised`` baseline is the
     fine-tuning protocol from random init whatever was asked; raw pixels have no backbone to
-    fine-tune."""
+    fine-tune; LP-FT's head is the final-layer probe, so it is skipped with a feature layer."""
     if kind == "supervised":
         return ["finetune"]
     if kind == "raw_pixels":
         return [p for p in protocols if p not in FINETUNE_PROTOCOLS]
-    return list(protocols)
+    return [p for p in protocols if not (layer is not None and p == "lpft")]
+
+
+def identity_settings(protocol: str, fraction: float, layer: Optional[int]) -> dict[str, Any]:
+    """The protocol settings that tell records of one cell apart (and name their files)."""
+    settings: dict[str, Any] = {"label_fraction": float(fraction)}
+    if layer is not None and protocol not in FINETUNE_PROTOCOLS:
+        settings["feature_layer"] = int(layer)  # absent = the final representation
+    return settings
 
 
 def record_identity(cfg: DictConfig, kind: str) -> tuple[str, str]:
@@ -202,8 +215,6 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
     protocols = list(protocols or cfg.eval.protocols)
     for p in protocols:
         if p not in PROTOCOLS:
-            from .errors import did_you_mean
-
             raise UserError(f"unknown protocol '{p}'{did_you_mean(p, PROTOCOLS)}")
     device = resolve_device(cfg)
     splits = load_splits(cfg.data)
@@ -248,12 +259,10 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
         bcfg.name = backbone_name
         backbone = create_backbone(bcfg, cfg.data.image_size)  # loads backbone.checkpoint
         weights = Path(cfg.backbone.checkpoint)
-        cache_key = f"timm-{file_hash(weights)}"
-        pretrain_info = {"pretrain": {"checkpoint": weights.name,
-                                      "checkpoint_sha256": file_hash(weights)}}
+        digest = file_hash(weights)
+        cache_key = f"timm-{digest}"
+        pretrain_info = {"pretrain": {"checkpoint": weights.name, "checkpoint_sha256": digest}}
     elif kind != "raw_pixels":
-        from .errors import did_you_mean
-
         raise UserError(f"unknown --backbone '{kind}'"
                         f"{did_you_mean(kind, ('run', 'random', 'pixels', 'supervised', 'timm:NAME'))}")
     if backbone is not None:
@@ -262,14 +271,12 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
     if backbone is None and any(p in FINETUNE_PROTOCOLS for p in protocols) and not quiet:
         print(f"note: {', '.join(p for p in protocols if p in FINETUNE_PROTOCOLS)} "
               f"skipped for {kind} (no backbone to fine-tune)", file=sys.stderr)
-    protocols = kind_protocols(kind, protocols)
-    layer = cfg.eval.feature_layer if kind != "raw_pixels" else None
-    if layer is not None and "lpft" in protocols:  # its head is the final-layer probe
-        if not quiet:
-            print(f"note: lpft skipped with eval.feature_layer={layer} (LP-FT starts from the "
-                  f"probe on the final representation; run it with feature_layer null)",
-                  file=sys.stderr)
-        protocols = [p for p in protocols if p != "lpft"]
+    layer = feature_layer(cfg, kind)
+    if layer is not None and "lpft" in protocols and not quiet:
+        print(f"note: lpft skipped with eval.feature_layer={layer} (LP-FT starts from the "
+              f"probe on the final representation; run it with feature_layer null)",
+              file=sys.stderr)
+    protocols = kind_protocols(kind, protocols, layer)
     if layer is not None:
         cache_key = f"{cache_key}-layer{layer}"
     fn = _feature_fn(kind, backbone, normalize, layer)
@@ -332,9 +339,7 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
                         split_feats, cfg.eval.linear, cfg.eval.lpft, int(eval_seed), device, bs,
                         log=log)
                     settings["val_split"] = val_split
-                settings["label_fraction"] = float(fraction)
-                if layer is not None and protocol not in FINETUNE_PROTOCOLS:
-                    settings["feature_layer"] = int(layer)  # absent = the final representation
+                settings.update(identity_settings(protocol, fraction, layer))
                 wall = time.perf_counter() - t1
                 if protocol != "finetune":
                     wall += feature_time / n_feature_protocols
@@ -418,8 +423,6 @@ def run(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = Fa
                           tags=[cfg.method.name, cfg.backbone.name, cfg.data.name])
     for baseline in cfg.eval.baselines:
         if baseline not in BASELINES and not baseline.startswith("timm:"):
-            from .errors import did_you_mean
-
             raise UserError(f"unknown baseline '{baseline}' in eval.baselines "
                             f"(valid: {', '.join(BASELINES)}, timm:NAME)"
                             f"{did_you_mean(baseline, BASELINES)}")

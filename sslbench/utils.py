@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-
 import json
 import os
 import platform
@@ -55,15 +54,11 @@ def git_commit(cwd: str | Path | None = None) -> dict[str, Any]:
     once per process and directory: a record names the code this process imported, not the
     tree as it is when the record is written (the checkout may move during a long suite)."""
     here = Path(cwd) if cwd else Path(__file__).resolve().parent
-    return dict(_git_state(str(here)))
+    return dict(_git_state(str(here)))  # a copy: callers may edit theirs
 
 
 @functools.lru_cache(maxsize=None)
-def _git_state(here: str) -> tuple[tuple[str, Any], ...]:
-    return tuple(_read_git_state(Path(here)).items())
-
-
-def _read_git_state(here: Path) -> dict[str, Any]:
+def _git_state(here: str) -> dict[str, Any]:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=10).stdout.strip()

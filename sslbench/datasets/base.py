@@ -96,10 +96,14 @@ class SubsetImageDataset(ImageDataset):
         return h.hexdigest()[:16]
 
 
-def resize_uint8(images: Tensor, size: int) -> Tensor:
-    """Resize a uint8 [N, 3, H, W] batch to [N, 3, size, size] (antialiased bilinear)."""
+def resize_uint8(images: Tensor, size: int, chunk: int = 512) -> Tensor:
+    """Resize a uint8 [N, 3, H, W] batch to [N, 3, size, size] (antialiased bilinear), ``chunk``
+    images at a time so that whole datasets fit in memory as float."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    x = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
-                                        antialias=True, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8)
+    out = []
+    for i in range(0, len(images), chunk):
+        x = torch.nn.functional.interpolate(images[i:i + chunk].float(), size=(size, size),
+                                            mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,9 +42,7 @@ RESERVED = ("train", "val", "test", "ood")
 
 def _images(nhwc: np.ndarray, image_size: int) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(nhwc, dtype=np.uint8)).permute(0, 3, 1, 2)
-    if x.shape[-1] != image_size:
-        x = torch.cat([resize_uint8(x[i:i + 512], image_size) for i in range(0, len(x), 512)])
-    return x.contiguous()
+    return resize_uint8(x, image_size).contiguous()
 
 
 def load_stl10(path: str, image_size: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
@@ -165,9 +163,8 @@ def load_ood_sets(data_cfg: Any, train_classes: list[str], quiet: bool = False
                 raise UserError(f"OOD set '{name}' has no split '{split}' (has: "
                                 f"{', '.join(splits)}); set its split")
             ds = splits[split]
-            xs, ys = zip(*(ds.get_batch(range(i, min(i + 512, len(ds))))
-                           for i in range(0, len(ds), 512)))
-            x, y, classes = torch.cat(xs), torch.cat(ys).numpy(), list(ds.classes)
+            x, labels = ds.get_batch(range(len(ds)))
+            y, classes = labels.numpy(), list(ds.classes)
         images, labels, kept = relabel(x, y, classes, train_classes, dict(entry.class_map or {}))
         out[name] = TensorImageDataset(images, labels, train_classes, name=f"ood:{name}:{kind}")
         if not quiet:

@@ -147,9 +147,7 @@ def load_cifar(root: str, variant: str, image_size: int) -> dict[str, ImageDatas
             raise UserError(f"cannot read {pretty} {split} data in {folder}: {first}; "
                             f"re-extract the torchvision archive") from e
         images = torch.from_numpy(np.ascontiguousarray(tv.data)).permute(0, 3, 1, 2)
-        if image_size != images.shape[-1]:
-            images = torch.cat([resize_uint8(images[i:i + 512], image_size)
-                                for i in range(0, len(images), 512)])
+        images = resize_uint8(images, image_size)
         labels = torch.as_tensor(np.asarray(tv.targets), dtype=torch.long)
         out[split] = TensorImageDataset(images.contiguous(), labels, [str(c) for c in tv.classes],
                                         name=f"{variant}:{split}")

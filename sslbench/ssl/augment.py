@@ -44,7 +44,7 @@ def simclr_view(size: int, crop_scale: Sequence[float] = (0.08, 1.0), color_stre
     ``invert_p`` (in no paper; default off) inverts colours per sample. On the embedded benchmark
     polarity, grey level and tint are per-image nuisances that both views of an image share, and
     non-contrastive / teacher methods satisfy their objective by encoding them unless each view
-    draws its own polarity (README "Calibration")."""
+    draws its own polarity (README "Method recipes on the embedded benchmark")."""
     s = color_strength
     b, c, sat, h = jitter if jitter is not None else (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
     ops: list[nn.Module] = [
