@@ -22,6 +22,7 @@ from .config import content_hash, load_recipe, to_dict, to_yaml
 from .datasets import ImageDataset, get_split, load_splits
 from .engine import fit
 from .errors import UserError, did_you_mean
+from .eval import grid_edge
 from .eval.features import cached_extract, file_hash
 from .eval.finetune import run_finetune, run_lpft, stderr_log
 from .eval.knn import run_knn
@@ -340,6 +341,11 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
                         log=log)
                     settings["val_split"] = val_split
                 settings.update(identity_settings(protocol, fraction, layer))
+                edge = grid_edge(settings)
+                if edge:  # recorded, and said: the best value may lie outside the grid
+                    settings["grid_edge"] = edge
+                    if log:
+                        log(f"note: {method_name} {protocol} (label fraction {fraction:g}): {edge}")
                 wall = time.perf_counter() - t1
                 if protocol != "finetune":
                     wall += feature_time / n_feature_protocols

@@ -401,3 +401,30 @@ def test_evaluate_with_a_feature_layer_records_it(tmp_path):
     assert "feature_layer" not in last["protocol_settings"]
     assert record_path("lb/results", rec).name.endswith("__knn__seed0__ev0__layer2.json")
     assert record_path("lb/results", rec).is_file() and record_path("lb/results", last).is_file()
+
+
+# -- hyperparameter grids: a choice at the edge is flagged ---------------------------------------
+
+def _lr(grid, chosen, accs):
+    return {"lr_grid": grid, "chosen_lr": chosen,
+            "chosen_val_acc_by_lr": {f"{g:g}": a for g, a in zip(grid, accs)}}
+
+
+def test_grid_edge_flags_a_strict_best_at_either_end():
+    from sslbench.eval import grid_edge
+
+    note = grid_edge(_lr([1e-3, 3e-3, 1e-2], 1e-2, [0.5, 0.8, 0.9]))
+    assert note == "lr 0.01 is the largest of lr_grid [0.001, 0.003, 0.01]: extend the grid upwards"
+    lin = {"c_grid": [100.0, 0.01, 1.0], "chosen_C": 0.01,
+           "chosen_val_acc_by_C": {"0.01": 0.7, "1": 0.6, "100": 0.5}}
+    assert grid_edge(lin) == ("C 0.01 is the smallest of c_grid [0.01, 1, 100]: extend the grid "
+                              "downwards")
+
+
+def test_grid_edge_is_silent_inside_the_grid_on_ties_and_single_values():
+    from sslbench.eval import grid_edge
+
+    assert grid_edge(_lr([1e-3, 3e-3, 1e-2], 3e-3, [0.5, 0.9, 0.8])) is None  # interior
+    assert grid_edge(_lr([1e-3, 3e-3], 1e-3, [0.7, 0.7])) is None  # tie: grid not binding
+    assert grid_edge(_lr([1e-3], 1e-3, [0.7])) is None
+    assert grid_edge({"k": 200}) is None  # k-NN: nothing chosen

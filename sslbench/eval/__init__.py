@@ -1,1 +1,36 @@
-"""Shared evaluator: frozen-feature protocols (linear probe, k-NN); more protocols follow."""
+"""Shared evaluator: frozen-feature protocols (linear probe, k-NN, SGD probe), fine-tuning and
+LP-FT, plus the checks every protocol's hyperparameter choice goes through."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+# (grid key, chosen key, validation-accuracy key, what the value is) per protocol family
+_GRIDS = (("c_grid", "chosen_C", "chosen_val_acc_by_C", "C"),
+          ("lr_grid", "chosen_lr", "chosen_val_acc_by_lr", "lr"))
+
+
+def grid_edge(settings: dict[str, Any]) -> Optional[str]:
+    """A note when the hyperparameter chosen on validation sits at an end of its grid and beats
+    its inner neighbour there (so the best value may lie outside the grid), else None.
+
+    >>> grid_edge({"lr_grid": [1e-3, 3e-3], "chosen_lr": 3e-3,
+    ...            "chosen_val_acc_by_lr": {"0.001": 0.8, "0.003": 0.9}})
+    'lr 0.003 is the largest of lr_grid [0.001, 0.003]: extend the grid upwards'
+    """
+    for grid_key, chosen_key, val_key, what in _GRIDS:
+        if grid_key not in settings or chosen_key not in settings:
+            continue
+        grid = sorted(float(v) for v in settings[grid_key])
+        chosen = float(settings[chosen_key])
+        val = settings.get(val_key) or {}
+        if len(grid) < 2 or chosen not in (grid[0], grid[-1]):
+            return None
+        lowest = chosen == grid[0]
+        inner = grid[1] if lowest else grid[-2]
+        a, b = val.get(f"{chosen:g}"), val.get(f"{inner:g}")
+        if a is None or b is None or a <= b:  # a tie with the neighbour: the grid is not binding
+            return None
+        return (f"{what} {chosen:g} is the {'smallest' if lowest else 'largest'} of {grid_key} "
+                f"[{', '.join(f'{v:g}' for v in grid)}]: extend the grid "
+                f"{'downwards' if lowest else 'upwards'}")
+    return None
