@@ -650,8 +650,7 @@ def render_html(rows: list[dict[str, Any]], title: str = "sslbench leaderboard")
     variants = _settings_variants(rows)
     measured = [i for i, r in enumerate(rows) if r.get("kind", "measured") != "reported"]
     reported = [i for i, r in enumerate(rows) if r.get("kind") == "reported"]
-    show_lf = len({label_fraction(r) for r in rows}) > 1 or any(
-        "label_fraction" in r["protocol_settings"] for r in rows)
+    show_lf = any(label_fraction(r) != 1.0 for r in rows)  # hidden while every row used all labels
     backbones = sorted({r["backbone"] for r in rows})
     colors = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(backbones)}
 

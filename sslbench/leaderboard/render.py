@@ -29,12 +29,17 @@ def is_baseline(method: str) -> bool:
 
 
 def _is_chosen_key(key: str) -> bool:
-    return key == "C" or key.startswith("chosen_")
+    """Values that differ per run by design: the chosen hyperparameters and their grid-edge
+    note (``grid_edge``, set only when the choice sits at an end of its grid)."""
+    return key in ("C", "grid_edge") or key.startswith("chosen_")
 
 
 def comparable_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """Protocol settings without the values chosen per run (``C``, ``chosen_*``)."""
-    return {k: v for k, v in settings.items() if not _is_chosen_key(k)}
+    """Protocol settings without the values chosen per run (``C``, ``chosen_*``, ``grid_edge``);
+    a record written before label fractions existed used every label (``label_fraction`` 1)."""
+    out = {k: v for k, v in settings.items() if not _is_chosen_key(k)}
+    out["label_fraction"] = float(out.get("label_fraction", 1.0))
+    return out
 
 
 def _canonical(obj: Any) -> str:
@@ -108,10 +113,7 @@ def _summary(values: list[float]) -> dict[str, Any]:
 def _group_key(rec: dict[str, Any]) -> tuple[str, ...]:
     return (rec["dataset"], rec["protocol"], rec["method"], rec["backbone"],
             str((rec.get("recipe") or {}).get("name") or "adhoc"),
-            # a record written before label fractions existed used every label
-            _canonical({**comparable_settings(rec.get("protocol_settings") or {}),
-                        "label_fraction": float((rec.get("protocol_settings") or {})
-                                                .get("label_fraction", 1.0))}),
+            _canonical(comparable_settings(rec.get("protocol_settings") or {})),
             str(rec.get("kind") or "measured"))
 
 

@@ -106,7 +106,9 @@ def test_groups_split_by_recipe_and_settings_but_not_by_chosen_c(tmp_path: Path)
     other_recipe = {"path": "recipes/long.yaml", "sha256": "ffffffffffff", "name": "long"}
     recs = [
         make_record(seed=0, protocol_settings={"solver": "lbfgs", "C": 0.1, "chosen_C": 0.1}),
-        make_record(seed=1, protocol_settings={"solver": "lbfgs", "C": 1.0, "chosen_C": 1.0}),
+        # a grid-edge note is per run, like the chosen C: it must not split the group
+        make_record(seed=1, protocol_settings={"solver": "lbfgs", "C": 1.0, "chosen_C": 1.0,
+                                               "grid_edge": "C 1 is the largest of c_grid"}),
         make_record(seed=0, recipe=other_recipe),
         make_record(seed=0, protocol_settings={"solver": "saga", "C": 0.1}),
         make_record(seed=0, protocol="knn", protocol_settings={"k": 20, "temperature": 0.07}),
@@ -121,14 +123,17 @@ def test_groups_split_by_recipe_and_settings_but_not_by_chosen_c(tmp_path: Path)
     keys = sorted((r["protocol"], r["recipe"], json.dumps(r["protocol_settings"], sort_keys=True),
                    r["n"]) for r in rows)
     assert keys == [
-        ("knn", "quickstart", '{"k": 20, "temperature": 0.07}', 1),
-        ("knn", "quickstart", '{"k": 200, "temperature": 0.07}', 1),
-        ("linear", "long", '{"c_grid": [0.01, 0.1, 1.0], "solver": "lbfgs"}', 1),
-        ("linear", "quickstart", '{"solver": "lbfgs"}', 2),
-        ("linear", "quickstart", '{"solver": "saga"}', 1),
+        # settings written before label fractions existed count as every label (1.0)
+        ("knn", "quickstart", '{"k": 20, "label_fraction": 1.0, "temperature": 0.07}', 1),
+        ("knn", "quickstart", '{"k": 200, "label_fraction": 1.0, "temperature": 0.07}', 1),
+        ("linear", "long", '{"c_grid": [0.01, 0.1, 1.0], "label_fraction": 1.0, "solver": "lbfgs"}',
+         1),
+        ("linear", "quickstart", '{"label_fraction": 1.0, "solver": "lbfgs"}', 2),
+        ("linear", "quickstart", '{"label_fraction": 1.0, "solver": "saga"}', 1),
     ]
     merged = next(r for r in rows if r["n"] == 2)
-    assert merged["chosen_settings"] == {"C": [0.1, 1.0], "chosen_C": [0.1, 1.0]}
+    assert merged["chosen_settings"] == {"C": [0.1, 1.0], "chosen_C": [0.1, 1.0],
+                                         "grid_edge": ["C 1 is the largest of c_grid"]}
 
 
 def test_duplicate_seed_pair_keeps_newest(tmp_path: Path) -> None:
@@ -191,8 +196,9 @@ def test_markdown_baselines_first_then_methods_by_linear_acc(tmp_path: Path) -> 
             in md)
     assert "95% t-interval over seeds" in md
     assert "## embedded" in md
-    assert '`knn` settings: k = `20`, temperature = `0.07`' in md
-    assert '`linear` settings: c_grid = `[0.01, 0.1, 1.0]`, solver = `"lbfgs"`' in md
+    assert '`knn` settings: k = `20`, label_fraction = `1.0`, temperature = `0.07`' in md
+    assert ('`linear` settings: c_grid = `[0.01, 0.1, 1.0]`, label_fraction = `1.0`, '
+            'solver = `"lbfgs"`') in md
     assert "Commits: `0123456789ab`" in md
 
 
