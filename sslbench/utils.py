@@ -78,6 +78,8 @@ def device_name(device: torch.device) -> str:
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
+    import kornia
+    import numpy
     import timm
 
     from . import __version__
@@ -89,6 +91,9 @@ def provenance(device: torch.device) -> dict[str, Any]:
         "git_dirty": g["dirty"],
         "torch": torch.__version__,
         "timm": timm.__version__,
+        # augmentation and array kernels change CPU trajectories between installs too
+        "kornia": kornia.__version__,
+        "numpy": numpy.__version__,
         "python": platform.python_version(),
         "device": device_name(device),
     }

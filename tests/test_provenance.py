@@ -31,3 +31,17 @@ def test_git_state_is_frozen_at_first_read(tmp_path):
                           f"print(git_commit({str(repo)!r}))"], capture_output=True, text=True,
                          check=True).stdout
     assert first["commit"] not in out and "'dirty': True" in out
+
+
+def test_provenance_names_the_library_versions_that_shape_a_cpu_run():
+    import kornia
+    import numpy
+    import timm
+    import torch
+
+    from sslbench.utils import provenance
+
+    p = provenance(torch.device("cpu"))
+    assert (p["torch"], p["timm"], p["kornia"], p["numpy"]) == (
+        torch.__version__, timm.__version__, kornia.__version__, numpy.__version__)
+    assert p["device"].startswith("cpu")

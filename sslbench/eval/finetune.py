@@ -87,7 +87,10 @@ lr grid (3e-3, 1e-2), both pick 1e-2; LP-FT no bn_eval 94.3 / 87.2   90.2 / 78.9
 5 % of the labels (bn_eval / not)                      69.3 / 46.4   49.8 / 29.2, 51.8 / 29.7
 =====================================================  ============  ============
 
-[a] the committed 3-seed records (their seed 0: 70.0 / 43.4). LP-FT never wins: the features
+[a] the 3-seed records of commit 4f93785 (seed 0: 70.0 / 43.4). With the quickstart's lr grid
+(1e-3 ... 1e-1, both protocols' choices inside it), 3 seeds of commit 5ab875b: FT 94.4 ± 0.3 /
+88.7 ± 2.5, LP-FT (bn_eval) 78.7 ± 8.1 / 61.6 ± 22.1; LP-FT collapses to chance at 3e-2 and
+above (validation 0.10), FT keeps improving to 1e-2-3e-2. LP-FT never wins: the features
 are weak next to what fine-tuning learns from the labels (random init fine-tuned: 89.0 / 72.0,
 seed 0 on one H200), so there is nothing for LP-FT to protect, and its low-loss start moves the
 features less. BN in eval mode costs most (its frozen statistics come from un-augmented

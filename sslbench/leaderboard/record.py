@@ -18,8 +18,8 @@ Schema (``schema_version`` 1)::
       "recipe": {"path": "recipes/quickstart.yaml", "sha256": "…12 hex…", "name": "quickstart"},
       "run_id": "…",                   # pretraining run directory name (None for baselines)
       "config": {...},                 # the fully resolved config
-      "provenance": {"sslbench_version", "git_commit", "git_dirty", "torch", "timm", "python",
-                     "device"},
+      "provenance": {"sslbench_version", "git_commit", "git_dirty", "torch", "timm", "kornia",
+                     "numpy", "python", "device"},
       "pretrain": {"steps": 170, "images_seen": 43520, "wall_time_s": 55.1} | null,
       "wall_time_s": 3.2,              # this protocol's evaluation time
       "created": "2026-11-23T12:00:00+00:00"
