@@ -23,7 +23,8 @@ NAME = "newbie"
 def _sslbench(args: list[str], cwd: Path, env: dict, timeout: int = 600) -> str:
     r = subprocess.run([sys.executable, "-m", "sslbench", *args], cwd=cwd, env=env,
                        capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"sslbench {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, (f"sslbench {' '.join(args)} failed:\n"
+                               f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r.stdout
 
 
