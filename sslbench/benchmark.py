@@ -17,8 +17,10 @@ one, cells skip their own baselines and each listed (recipe, kind) is evaluated 
 recipes that share a backbone would otherwise re-measure the same random-init network.
 
 Each (cell, seed) pretrains into ``runs/<suite>/<recipe>-s<seed>`` — a fixed directory, so a
-killed cell resumes from its checkpoint — then evaluates and records like ``sslbench run``.
-A cell whose records already exist for every protocol is skipped. Cells are independent, so a
+killed cell resumes from its checkpoint — then evaluates and records like ``sslbench run``, into
+``leaderboard.dir`` (default the local ``runs/leaderboard``). A cell is skipped when every record
+it writes exists there with the same identity (dataset contents, resolved config, seeds), so a
+fresh clone re-runs every cell; a cell another process holds (its lock) is skipped as busy. Cells are independent, so a
 cluster can run them in parallel with any launcher (one ``sslbench benchmark SUITE --only
 NAME`` or ``torchrun ... sslbench run`` per cell).
 """
@@ -32,6 +34,7 @@ from typing import Optional
 import yaml
 
 from .errors import UserError
+from .identity import check_name
 
 
 @dataclass
@@ -40,11 +43,12 @@ class Cell:
     overrides: list[str] = field(default_factory=list)
     seed: int = 0
     baselines: tuple[str, ...] = ()  # non-empty: a baseline cell (evaluation only)
+    label: Optional[str] = None  # the cell's own name (default: the recipe's file name)
 
     @property
     def name(self) -> str:
         kinds = "+".join(k.replace(":", "-") for k in self.baselines)
-        return f"{Path(self.recipe).stem}{'-' + kinds if kinds else ''}-s{self.seed}"
+        return f"{self.label or Path(self.recipe).stem}{'-' + kinds if kinds else ''}-s{self.seed}"
 
 
 def load_suite(path: str | Path) -> tuple[str, list[Cell]]:
@@ -62,14 +66,23 @@ def load_suite(path: str | Path) -> tuple[str, list[Cell]]:
     for i, c in enumerate(raw.get("cells") or []):
         if isinstance(c, str):
             c = {"recipe": c}
-        if not isinstance(c, dict) or "recipe" not in c or set(c) - {"recipe", "overrides"}:
-            raise UserError(f"{p}: cell {i} must be a recipe path or {{recipe, overrides}}")
+        if not isinstance(c, dict) or "recipe" not in c or set(c) - {"recipe", "overrides",
+                                                                      "name"}:
+            raise UserError(f"{p}: cell {i} must be a recipe path or {{recipe, overrides, name}}")
         overrides = list(c.get("overrides") or []) + ([] if own_baselines
                                                       else ["eval.baselines=[]"])
+        label = c.get("name")
+        if label is not None:
+            check_name(label, f"{p}: cell {i} name")
         for s in seeds:
-            cells.append(Cell(c["recipe"], overrides, int(s)))
+            cells.append(Cell(c["recipe"], overrides, int(s), label=label))
     if not cells:
         raise UserError(f"{p}: no cells; list recipes under 'cells:'")
+    names = [c.name for c in cells if not c.baselines]
+    for n in names:
+        if names.count(n) > 1:  # each cell owns its run directory runs/<suite>/<cell>
+            raise UserError(f"{p}: two cells are named '{n}'; give one of them its own "
+                            f"'name:' (e.g. {{recipe: ..., overrides: [...], name: other}})")
     for i, b in enumerate(raw.get("baselines") or []):
         if (not isinstance(b, dict) or "recipe" not in b or not b.get("kinds")
                 or set(b) - {"recipe", "kinds", "overrides"}):
@@ -81,26 +94,16 @@ def load_suite(path: str | Path) -> tuple[str, list[Cell]]:
     return str(raw.get("name") or p.stem), cells
 
 
-def _done(cfg, recipe_name: str, kinds: tuple[str, ...] = ()) -> bool:
-    """Every protocol x eval seed of this cell (its SSL run, or each baseline kind) has a
-    record for the cell's seed."""
+def _done(cfg, recipe: dict, kinds: tuple[str, ...] = ()) -> bool:
+    """Every record this cell writes (its SSL run, or each baseline kind: every protocol x eval
+    seed x label fraction) exists in the results directory it writes to, with the same identity
+    (dataset contents, resolved config, seeds; ``sslbench.identity``)."""
     from .leaderboard.record import record_path
-    from .run import feature_layer, identity_settings, kind_protocols, record_identity
+    from .run import expected_records
 
     results = Path(cfg.leaderboard.dir) / "results"
-    for kind in kinds or ("run",):
-        method, backbone = record_identity(cfg, kind)
-        layer = feature_layer(cfg, kind)
-        for protocol in kind_protocols(kind, list(cfg.eval.protocols), layer):
-            for ev in cfg.eval.seeds:
-                for fraction in cfg.eval.label_fractions:
-                    rec = {"recipe": {"name": recipe_name}, "method": method,
-                           "backbone": backbone, "protocol": protocol, "seed": cfg.train.seed,
-                           "eval_seed": ev, "dataset": cfg.data.name,
-                           "protocol_settings": identity_settings(protocol, fraction, layer)}
-                    if not record_path(results, rec).is_file():
-                        return False
-    return True
+    return all(record_path(results, rec).is_file()
+               for kind in kinds or ("run",) for rec in expected_records(cfg, recipe, kind))
 
 
 def matches(name: str, globs: str) -> bool:
@@ -116,7 +119,10 @@ def run_suite(path: str | Path, only: Optional[str] = None, skip: Optional[str] 
     from .leaderboard import write_board
     from .run import evaluate, recipe_info, run
 
+    from .run import RunBusy, run_lock
+
     suite, cells = load_suite(path)
+    check_name(suite, "suite name", f"fix 'name:' in {path}: it becomes the directory runs/<name>")
     out = []
     cfg = None
     for cell in cells:
@@ -129,16 +135,21 @@ def run_suite(path: str | Path, only: Optional[str] = None, skip: Optional[str] 
         if cfg.logging.group is None:
             cfg.logging.group = suite
         info = recipe_info(cell.recipe)
-        status = "done" if _done(cfg, info["name"], cell.baselines) else "todo"
+        status = "done" if _done(cfg, info, cell.baselines) else "todo"
+        cell_dir = Path("runs") / suite / cell.name
         if status == "todo" and not dry_run:
-            if cell.baselines:
-                for kind in cell.baselines:
-                    evaluate(cfg, info, kind, None, quiet=quiet)
-                if cfg.leaderboard.render:
-                    write_board(cfg.leaderboard.dir)
-            else:
-                run(cfg, info, Path("runs") / suite / cell.name, quiet)
-            status = "ran"
+            try:
+                if cell.baselines:
+                    with run_lock(cell_dir):  # one process per cell, like the SSL cells
+                        for kind in cell.baselines:
+                            evaluate(cfg, info, kind, None, quiet=quiet, suite=suite)
+                    if cfg.leaderboard.render:
+                        write_board(cfg.leaderboard.dir)
+                else:
+                    run(cfg, info, cell_dir, quiet, suite=suite)
+                status = "ran"
+            except RunBusy:  # another worker has this cell: leave it to them
+                status = "busy (another process runs it)"
         out.append((cell, status))
         if not quiet or dry_run:  # a dry run's listing is its output, even under --quiet
             print(f"[{len(out)}] {cell.name:<40} {status}", flush=True)

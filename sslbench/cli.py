@@ -84,13 +84,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="target directory (default ./sslbench-NAME); must not exist")
     _add_common(p)
 
-    p = sub.add_parser("leaderboard", help="render the leaderboard from stored records, or "
-                                           "check them ('sslbench leaderboard validate [DIR]')")
-    p.add_argument("action", nargs="?", default="render", choices=("render", "validate"),
-                   help="render (default) or validate every record file")
-    p.add_argument("path", nargs="?", metavar="DIR", help="leaderboard directory (default --dir)")
-    p.add_argument("--format", default="md", help="md | json | csv | html")
-    p.add_argument("--out", metavar="FILE", help="write the rendered board to FILE, not stdout")
+    p = sub.add_parser("leaderboard", help="render the leaderboard from stored records, check "
+                                           "them, compare two boards, or submit results to the "
+                                           "committed board")
+    p.add_argument("action", nargs="?", default="render",
+                   choices=("render", "validate", "compare", "submit"),
+                   help="render (default) [DIR] | validate [DIR] (check every record file) | "
+                        "compare A B (row by row, B - A within 95%% intervals) | submit SRC "
+                        "(validate SRC's records and copy them into --to)")
+    p.add_argument("paths", nargs="*", metavar="DIR",
+                   help="leaderboard directories, records under DIR/results (render, validate: "
+                        "default --dir)")
+    p.add_argument("--format", help="render: md (default) | json | csv | html; "
+                                    "compare: text (default) | md | json")
+    p.add_argument("--out", metavar="FILE", help="write the rendered board (or the comparison) "
+                                                 "to FILE, not stdout")
+    p.add_argument("--metric", default="acc", help="compare: the metric to compare (default acc)")
+    p.add_argument("--to", default="leaderboard",
+                   help="submit: destination board (default leaderboard, the committed one)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="submit: print what would change, write nothing")
     p.add_argument("--dir", default="leaderboard", help="leaderboard directory (default leaderboard)")
     p.add_argument("--write", action="store_true",
                    help="also (re)write <dir>/LEADERBOARD.md and <dir>/index.html")
@@ -188,23 +201,58 @@ def cmd_run(args) -> int:
 def cmd_benchmark(args) -> int:
     from .benchmark import run_suite
 
-    run_suite(args.suite, args.only, args.skip, args.dry_run, args.quiet, args.overrides)
-    if not args.dry_run and not args.quiet:
-        print("leaderboard: sslbench leaderboard")
+    out = run_suite(args.suite, args.only, args.skip, args.dry_run, args.quiet, args.overrides)
+    if out and not args.dry_run and not args.quiet:
+        from .config import load_recipe
+
+        board = load_recipe(out[-1][0].recipe, args.overrides).leaderboard.dir
+        print(f"records: {board}/results; board: {board}/LEADERBOARD.md; compare with the "
+              f"committed board: sslbench leaderboard compare leaderboard {board}")
     return 0
 
 
 def cmd_leaderboard(args) -> int:
-    from .leaderboard import render, write_board
-    from .leaderboard.render import FORMATS
+    n = len(args.paths)
+    usage = {"compare": "A B", "submit": "SRC"}.get(args.action, "[DIR]")
+    if not {"compare": n == 2, "submit": n == 1}.get(args.action, n <= 1):
+        raise UserError(f"'sslbench leaderboard {args.action}' takes {usage}, got {n} "
+                        f"director{'y' if n == 1 else 'ies'}; "
+                        f"usage: sslbench leaderboard {args.action} {usage}")
+    if args.action == "submit":
+        from .leaderboard.submit import submit
 
-    directory = args.path or args.dir
+        submit(args.paths[0], args.to, dry_run=args.dry_run, quiet=args.quiet)
+        return 0
+    directory = args.paths[0] if args.paths else args.dir
     if args.action == "validate":
         from .leaderboard.validate import main as validate
 
         return validate(directory)
-    if args.format not in (*FORMATS, "html"):
-        raise UserError(f"unknown leaderboard format '{args.format}' "
+    if args.action == "compare":
+        from .leaderboard.compare import compare
+
+        text = compare(args.paths[0], args.paths[1], args.format or "text", args.metric)
+    else:
+        text = _render_board(args, directory)
+    if args.out:
+        from .utils import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        if not args.quiet:
+            print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _render_board(args, directory: str) -> str:
+    """``leaderboard render``: the board of ``directory`` in ``--format``."""
+    from .leaderboard import render, write_board
+    from .leaderboard.render import FORMATS
+
+    fmt = args.format or "md"
+    if fmt not in (*FORMATS, "html"):
+        raise UserError(f"unknown leaderboard format '{fmt}' "
                         f"(valid: {', '.join((*FORMATS, 'html'))})")
     if args.write:
         write_board(directory, html=True)
@@ -215,21 +263,11 @@ def cmd_leaderboard(args) -> int:
         from omegaconf import OmegaConf
 
         log_leaderboard(directory, OmegaConf.structured(LoggingConfig), group=args.group)
-    if args.format == "html":
+    if fmt == "html":
         from .leaderboard.html import render_html_dir
 
-        text = render_html_dir(Path(directory) / "results")
-    else:
-        text = render(Path(directory) / "results", args.format)
-    if args.out:
-        from .utils import atomic_write_text
-
-        atomic_write_text(args.out, text)
-        if not args.quiet:
-            print(f"wrote {args.out}")
-    else:
-        print(text, end="")
-    return 0
+        return render_html_dir(Path(directory) / "results")
+    return render(Path(directory) / "results", fmt)
 
 
 def cmd_wandb_sync(args) -> int:
@@ -292,6 +330,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     rest = [a for i, a in enumerate(argv) if i == 0 or a not in overrides]
     args = _parser().parse_args(rest)
     if hasattr(args, "overrides"):
+        if args.overrides:  # positional words left over: not key=value, so not overrides
+            print(f"sslbench: error: '{args.overrides[0]}' is not a key=value override "
+                  f"(e.g. train.max_steps=100)", file=sys.stderr)
+            return 2
         args.overrides = overrides
     elif overrides:
         print(f"sslbench: error: '{args.cmd}' takes no key=value overrides "
@@ -306,7 +348,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"sslbench: error: {e}", file=sys.stderr)
+        print(f"sslbench: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sslbench: interrupted (a checkpoint-resumable run continues with "
@@ -317,12 +359,49 @@ def main(argv: Optional[list[str]] = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as e:  # noqa: BLE001
-        from .engine import TrainingError
-
-        if args.debug or not isinstance(e, TrainingError):
+        if args.debug:
             raise
-        print(f"sslbench: error: {e}", file=sys.stderr)
-        return 1
+        code, line = _failure(e)
+        print(f"sslbench: error: {line}", file=sys.stderr)
+        return code
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` as one line. A DataLoader worker re-raises its error with the
+    worker's traceback in the message: keep the original error's last line only."""
+    text = str(e).strip() or type(e).__name__
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    lines = text.splitlines()
+    return lines[0] if lines else text
+
+
+def _failure(e: Exception) -> tuple[int, str]:
+    """Exit code and one line for an error that is not a UserError: 1 for a run that failed,
+    2 for an unusable path."""
+    import errno
+
+    from .engine import TrainingError
+
+    if isinstance(e, TrainingError):
+        return getattr(e, "exit_code", 1), _one_line(e)
+    if isinstance(e, OSError):
+        where = f" {e.filename}" if e.filename else ""
+        if e.errno == errno.ENOSPC:
+            return 1, (f"no space left on the device while writing{where}; free space and run "
+                       f"again (files written before are unchanged; pretraining resumes from "
+                       f"its last checkpoint)")
+        if isinstance(e, (PermissionError, NotADirectoryError, IsADirectoryError,
+                          FileExistsError)) or e.errno in (errno.EROFS, errno.EACCES):
+            return 2, (f"cannot write{where}: {e.strerror or e}; choose a writable location "
+                       f"(--out, leaderboard.dir)")
+        return 1, f"I/O error{where}: {e.strerror or e}"
+    first = _one_line(e)
+    if "Original Traceback" in str(e) and "UserError" in str(e).splitlines()[-1]:
+        return 2, first  # a UserError raised inside a DataLoader worker
+    return 1, (f"internal error ({type(e).__name__}: {first}); please report it, with the "
+               f"traceback from --debug")
 
 
 if __name__ == "__main__":

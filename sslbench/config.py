@@ -4,28 +4,268 @@ Recipes (YAML) and ``key=value`` command-line overrides only *override* these de
 structured configs reject unknown keys and wrong types, and we turn its errors into one-line
 messages that name the nearest valid key or the expected type. Method hyper-parameters live in the
 method's own ``Config`` dataclass (looked up through the registry from ``method.name``).
+
+Each field's allowed values (its domain) are declared next to it with :func:`checked`
+(``batch_size: int = checked(POS_INT, 256)``); :func:`load_recipe` checks every value of the
+merged config, and of the method's merged ``Config``, before anything else runs.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
+import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .errors import UserError, did_you_mean
+
+
+# -- value domains -------------------------------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    """A value as a recipe or the command line spells it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    return text if text.isprintable() else repr(text)  # keep the message on one line
+
+
+class Rule:
+    """A field's domain. ``problem(value)`` is None when the value is allowed, else a (possibly
+    empty) hint appended to the message; ``text`` completes "<key>=<value> must be ...";
+    ``null`` (when set) allows None and says what None means."""
+
+    text = "valid"
+
+    def __init__(self, null: Optional[str] = None) -> None:
+        self.null = null
+
+    def describe(self) -> str:
+        return self.text + (f" (or null {self.null})" if self.null else "")
+
+    def problem(self, value: Any) -> Optional[str]:
+        if value is None:
+            return None if self.null else ""
+        return self.check(value)
+
+    def check(self, value: Any) -> Optional[str]:
+        raise NotImplementedError
+
+    def or_null(self, why: str) -> "Rule":
+        """The same rule, also allowing null; ``why`` says what null means ("to use ...")."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__, null=why)
+        return other
+
+
+class Num(Rule):
+    """A finite number in an interval; ``integer`` also requires an int."""
+
+    def __init__(self, lo: Optional[float] = None, hi: Optional[float] = None, *,
+                 lo_open: bool = False, hi_open: bool = False, integer: bool = False,
+                 text: Optional[str] = None, null: Optional[str] = None) -> None:
+        super().__init__(null)
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+        self.integer = integer
+        if text is None:
+            what = "an integer" if integer else "a number"
+            if hi is None and lo == 0:
+                text = (("a positive " if lo_open else "a non-negative ")
+                        + ("integer" if integer else "number"))
+            elif hi is None and lo is not None:
+                text = f"{what} {'>' if lo_open else '>='} {_fmt(lo)}"
+            else:
+                text = (f"{what} in {'(' if lo_open else '['}{_fmt(lo)}, "
+                        f"{_fmt(hi)}{')' if hi_open else ']'}")
+        self.text = text
+
+    def check(self, value: Any) -> Optional[str]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return ""
+        if self.integer and not isinstance(value, int):
+            return ""
+        if not math.isfinite(value):
+            return ""
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return ""
+        if self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi):
+            return ""
+        return None
+
+
+class OneOf(Rule):
+    """A closed set of names (``choices`` may be a callable, read when checking, so that the
+    set has one home elsewhere); names starting with one of ``prefixes`` (e.g. ``timm:``)
+    followed by something are allowed too."""
+
+    def __init__(self, choices: Union[Iterable[str], Callable[[], Iterable[str]]], *,
+                 prefixes: tuple[str, ...] = (), null: Optional[str] = None) -> None:
+        super().__init__(null)
+        self._choices, self.prefixes = choices, prefixes
+
+    def choices(self) -> list[str]:
+        c = self._choices() if callable(self._choices) else self._choices
+        return list(c)
+
+    @property
+    def text(self) -> str:  # type: ignore[override]
+        return "one of " + ", ".join([*self.choices(), *(f"{p}NAME" for p in self.prefixes)])
+
+    def check(self, value: Any) -> Optional[str]:
+        if not isinstance(value, str):
+            return ""
+        if value in self.choices():
+            return None
+        if any(value.startswith(p) and len(value) > len(p) for p in self.prefixes):
+            return None
+        hint = did_you_mean(value, self.choices())
+        return hint if "did you mean" in hint else ""
+
+
+class ListOf(Rule):
+    """A list whose every item meets ``item``; non-empty unless ``empty_ok``; exactly
+    ``length`` items when given."""
+
+    def __init__(self, item: Rule, *, empty_ok: bool = False, length: Optional[int] = None,
+                 text: Optional[str] = None, null: Optional[str] = None) -> None:
+        super().__init__(null)
+        self.item, self.empty_ok, self.length = item, empty_ok, length
+        self._text = text
+
+    @property
+    def text(self) -> str:  # type: ignore[override]
+        if self._text:
+            return self._text
+        size = (f"a list of {self.length} items" if self.length is not None
+                else "a list" if self.empty_ok else "a non-empty list")
+        return f"{size}, each {self.item.describe()}"
+
+    def check(self, value: Any) -> Optional[str]:
+        if not isinstance(value, (list, tuple)):
+            return ""
+        if (not value and not self.empty_ok) or (self.length is not None
+                                                 and len(value) != self.length):
+            return ""
+        for v in value:
+            p = self.item.problem(v)
+            if p is not None:
+                return f"; got {_fmt(v)}{p}"
+        return None
+
+
+class CropScale(Rule):
+    """RandomResizedCrop area fractions ``[a, b]`` with ``0 < a <= b <= 1``."""
+
+    text = "[a, b] with 0 < a <= b <= 1 (RandomResizedCrop area fractions)"
+
+    def check(self, value: Any) -> Optional[str]:
+        ok = (isinstance(value, (list, tuple)) and len(value) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+              and 0 < value[0] <= value[1] <= 1)
+        return None if ok else ""
+
+
+class Jitter(Rule):
+    """Colour-jitter strengths ``[brightness, contrast, saturation, hue]``."""
+
+    text = "[brightness, contrast, saturation, hue], each >= 0 and hue <= 0.5"
+
+    def check(self, value: Any) -> Optional[str]:
+        ok = (isinstance(value, (list, tuple)) and len(value) == 4
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v) and v >= 0 for v in value)
+              and value[3] <= 0.5)
+        return None if ok else ""
+
+
+# the common domains
+POS_INT = Num(0, lo_open=True, integer=True)  # counts, sizes, dimensions, steps
+NONNEG_INT = Num(0, integer=True)
+POSITIVE = Num(0, lo_open=True)  # learning rates, temperatures
+NONNEG = Num(0)  # weight decays, minimum learning rates, strengths
+PROB = Num(0, 1)  # probabilities, fractions
+OPEN_UNIT = Num(0, 1, lo_open=True, hi_open=True)
+FRACTION = Num(0, 1, lo_open=True)  # (0, 1]
+BELOW_ONE = Num(0, 1, hi_open=True)  # drop rates, label smoothing: [0, 1)
+MOMENTUM = BELOW_ONE  # optimiser momentum, Adam betas
+EMA = Num(0, 1)  # EMA / momentum-encoder coefficients: 1 freezes the average
+LR_GRID = ListOf(POSITIVE)
+CROP_SCALE = CropScale()
+JITTER = Jitter()
+
+
+def checked(rule: Rule, default: Any = dataclasses.MISSING, *,
+            factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field whose values :func:`load_recipe` checks against ``rule``."""
+    return field(default=default, default_factory=factory, metadata={"domain": rule})
+
+
+def domain_rules(cls: type) -> dict[str, Rule]:
+    """Field name -> Rule of a dataclass, inherited rules included (a subclass that redefines a
+    field's default keeps the base class's rule unless it declares its own)."""
+    rules: dict[str, Rule] = {}
+    for klass in reversed(cls.__mro__):
+        for f in getattr(klass, "__dataclass_fields__", {}).values():
+            if "domain" in f.metadata:
+                rules[f.name] = f.metadata["domain"]
+    return rules
+
+
+def patch_size_problem(image_size: int, patch: int) -> Optional[str]:
+    """Why a ViT patch size does not fit the image size (None when it does)."""
+    if image_size % patch:
+        return (f"image size {image_size} is not divisible by the ViT patch size {patch}; set "
+                f"backbone.patch_size to a divisor of data.image_size (e.g. 4 for 32 px)")
+    return None
+
+
+# closed sets whose home is elsewhere (read when checking: those modules import torch)
+def _sources() -> tuple[str, ...]:
+    from .datasets import SOURCES
+    return SOURCES
+
+
+def _ood_kinds() -> tuple[str, ...]:
+    from .datasets.ood import OOD_KINDS
+    from .datasets.sources import VALID_KINDS
+    return (*OOD_KINDS, *VALID_KINDS)
+
+
+def _optimizers() -> tuple[str, ...]:
+    from .optim import OPTIMIZERS
+    return OPTIMIZERS
+
+
+def _protocols() -> tuple[str, ...]:
+    from .run import PROTOCOLS
+    return PROTOCOLS
+
+
+def _baselines() -> tuple[str, ...]:
+    from .run import BASELINES
+    return BASELINES
 
 
 @dataclass
 class BackboneConfig:
     name: str = "resnet18"  # any timm model name (resnet*, vit_*, test_resnet, test_vit, ...)
     small_input: bool = True  # 32 px variants: ResNet 3x3/s1 stem without max-pool; ViT patch 4
-    patch_size: Optional[int] = None  # ViT patch size; None = 4 when small_input else the model's
-    drop_path_rate: float = 0.0
+    # ViT patch size; None = 4 when small_input else the model's
+    patch_size: Optional[int] = checked(POS_INT.or_null("for the default"), None)
+    drop_path_rate: float = checked(BELOW_ONE, 0.0)
     checkpoint: Optional[str] = None  # local weights (.safetensors or .pt) to start from
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
 
@@ -34,20 +274,21 @@ class BackboneConfig:
 class OODSetConfig:
     """One extra out-of-distribution evaluation set (sslbench/datasets/ood.py)."""
     name: str = "ood_set"  # metrics are reported as <name>_acc
-    kind: str = "stl10"  # stl10 | cifar10_1 | cifar10_c | any data source kind
+    kind: str = checked(OneOf(_ood_kinds), "stl10")  # stl10 | cifar10_1 | cifar10_c | a source
     path: Optional[str] = None
     split: Optional[str] = None  # for generic sources (default test)
     class_map: dict[str, str] = field(default_factory=dict)  # OOD class -> training class
     corruptions: list[str] = field(default_factory=list)  # cifar10_c (empty: all)
-    severity: int = 5  # cifar10_c
+    severity: int = checked(Num(1, 5, integer=True), 5)  # cifar10_c
     required: bool = False  # False: skipped with a note when the path is missing
 
 
 @dataclass
 class DataConfig:
-    name: str = "embedded"  # embedded | hf | parquet | imagefolder | cifar10 | cifar100
+    # embedded | hf | parquet | imagefolder | cifar10 | cifar100 (datasets.SOURCES)
+    name: str = checked(OneOf(_sources), "embedded")
     path: Optional[str] = None  # hub name or local directory/file for the non-embedded sources
-    image_size: int = 32
+    image_size: int = checked(POS_INT, 32)
     train_split: str = "train"
     test_split: str = "test"
     ood_split: Optional[str] = "ood"  # evaluated when the dataset has it
@@ -55,56 +296,66 @@ class DataConfig:
     ood_sets: list[OODSetConfig] = field(default_factory=list)  # extra OOD evaluation sets
     image_key: Optional[str] = None  # HF column names (None: auto-detect)
     label_key: Optional[str] = None
-    num_workers: int = 0
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    num_workers: int = checked(NONNEG_INT, 0)
+    mean: list[float] = checked(ListOf(Num()), factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = checked(ListOf(POSITIVE), factory=lambda: [0.25, 0.25, 0.25])
     # embedded benchmark only
-    renders_per_train_glyph: int = 4
-    renders_per_test_glyph: int = 2
+    renders_per_train_glyph: int = checked(POS_INT, 4)
+    renders_per_test_glyph: int = checked(POS_INT, 2)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw | lars
-    lr: float = 0.3  # base lr, scaled by `lr_scaling` with the global batch size
-    lr_scaling: str = "linear"  # linear (lr*B/256) | sqrt (lr*sqrt(B)) | none
-    min_lr: float = 0.0
-    warmup_epochs: float = 0.0
-    weight_decay: float = 1e-4
-    weight_decay_end: Optional[float] = None  # cosine wd schedule (DINO); None = constant
-    momentum: float = 0.9
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    trust_coefficient: float = 0.001  # LARS eta
-    clip_grad: Optional[float] = None  # global grad-norm clipping
+    name: str = checked(OneOf(_optimizers), "sgd")  # sgd | adamw | lars (optim.OPTIMIZERS)
+    lr: float = checked(POSITIVE, 0.3)  # base lr, scaled by `lr_scaling` with the global batch
+    # linear (lr*B/256) | sqrt (lr*sqrt(B)) | none
+    lr_scaling: str = checked(OneOf(("linear", "sqrt", "none")), "linear")
+    min_lr: float = checked(NONNEG, 0.0)
+    warmup_epochs: float = checked(NONNEG, 0.0)
+    weight_decay: float = checked(NONNEG, 1e-4)
+    # cosine wd schedule (DINO); None = constant
+    weight_decay_end: Optional[float] = checked(NONNEG.or_null("for a constant wd"), None)
+    momentum: float = checked(MOMENTUM, 0.9)
+    betas: list[float] = checked(ListOf(MOMENTUM, length=2), factory=lambda: [0.9, 0.999])
+    trust_coefficient: float = checked(POSITIVE, 0.001)  # LARS eta
+    # global grad-norm clipping; null or 0 = none
+    clip_grad: Optional[float] = checked(NONNEG.or_null("for no clipping"), None)
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 256  # global batch (split across processes)
-    epochs: float = 100.0
-    max_steps: Optional[int] = None  # overrides epochs when set
-    time_budget_s: Optional[float] = None  # informational; recipes size steps for their budget
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda
-    checkpoint_every: int = 200  # steps
-    log_every: int = 10
-    threads: Optional[int] = None  # torch.set_num_threads on CPU
+    batch_size: int = checked(POS_INT, 256)  # global batch (split across processes)
+    epochs: float = checked(POSITIVE, 100.0)
+    # overrides epochs when set
+    max_steps: Optional[int] = checked(POS_INT.or_null("to use train.epochs"), None)
+    # informational; recipes size steps for their budget
+    time_budget_s: Optional[float] = checked(POSITIVE.or_null("for none"), None)
+    seed: int = checked(NONNEG_INT, 0)
+    # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = checked(OneOf(("auto", "fp32", "bf16", "fp16")), "auto")
+    device: str = checked(OneOf(("auto", "cpu", "cuda")), "auto")
+    checkpoint_every: int = checked(POS_INT, 200)  # steps
+    log_every: int = checked(POS_INT, 10)
+    # torch.set_num_threads on CPU
+    threads: Optional[int] = checked(POS_INT.or_null("for torch's default"), None)
     sync_bn: bool = True  # SyncBatchNorm under DDP on GPUs (torch has no CPU SyncBN)
 
 
 @dataclass
 class KNNConfig:
-    k: int = 200
-    temperature: float = 0.1  # CIFAR/InstDisc convention (k=200, T=0.1); DINO uses k=20, T=0.07
+    k: int = checked(POS_INT, 200)
+    # CIFAR/InstDisc convention (k=200, T=0.1); DINO uses k=20, T=0.07
+    temperature: float = checked(POSITIVE, 0.1)
 
 
 @dataclass
 class LinearConfig:
-    val_fraction: float = 0.1  # the validation split of every protocol that chooses settings
+    # the validation split of every protocol that chooses settings
+    val_fraction: float = checked(OPEN_UNIT, 0.1)
     # inverse regularisation strengths C (sklearn convention), chosen on the validation split
-    c_grid: list[float] = field(default_factory=lambda: [10.0 ** e for e in range(-3, 3)])
-    max_iter: int = 100
+    c_grid: list[float] = checked(ListOf(POSITIVE),
+                                  factory=lambda: [10.0 ** e for e in range(-3, 3)])
+    max_iter: int = checked(POS_INT, 100)
     refit_on_train_and_val: bool = True
 
 
@@ -112,12 +363,12 @@ class LinearConfig:
 class LinearSGDConfig:
     """``linear_sgd``: BN(affine=False) -> Linear on cached frozen features (no augmentation),
     SGD + warmup/cosine, lr chosen on the validation split (sslbench/eval/linear_sgd.py)."""
-    lr_grid: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0])  # absolute lrs
-    epochs: int = 30
-    batch_size: int = 256
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    warmup_fraction: float = 0.1
+    lr_grid: list[float] = checked(LR_GRID, factory=lambda: [0.03, 0.1, 0.3, 1.0])  # absolute
+    epochs: int = checked(POS_INT, 30)
+    batch_size: int = checked(POS_INT, 256)
+    momentum: float = checked(MOMENTUM, 0.9)
+    weight_decay: float = checked(NONNEG, 0.0)
+    warmup_fraction: float = checked(PROB, 0.1)
     refit_on_train_and_val: bool = True
 
 
@@ -125,19 +376,23 @@ class LinearSGDConfig:
 class FinetuneConfig:
     """``finetune``: full fine-tuning, MAE recipe sized for 32 px on CPU
     (sslbench/eval/finetune.py documents every deviation from spec §11.3)."""
-    steps: int = 150  # optimisation steps per lr of the grid, whatever the label fraction
-    batch_size: int = 128
-    lr_grid: list[float] = field(default_factory=lambda: [1e-3, 3e-3])  # absolute peak lrs
-    optimizer: str = "adamw"  # adamw (MAE) | sgd (momentum 0.9; Kumar et al.)
-    weight_decay: float = 0.05  # not on 1-D params, pos_embed, cls_token
-    layer_decay: Optional[float] = 0.75  # ViT only (timm param_groups_layer_decay); None = off
-    warmup_fraction: float = 0.1
-    min_lr: float = 1e-6
-    label_smoothing: float = 0.1
-    drop_path: float = 0.1
-    crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])  # RandomResizedCrop
-    flip_p: float = 0.0  # digits change identity when mirrored
-    head_init_std: float = 2e-5  # trunc_normal (MAE); LP-FT copies the probe's head instead
+    # optimisation steps per lr of the grid, whatever the label fraction
+    steps: int = checked(POS_INT, 150)
+    batch_size: int = checked(POS_INT, 128)
+    lr_grid: list[float] = checked(LR_GRID, factory=lambda: [1e-3, 3e-3])  # absolute peak lrs
+    # adamw (MAE) | sgd (momentum 0.9; Kumar et al.)
+    optimizer: str = checked(OneOf(("adamw", "sgd")), "adamw")
+    weight_decay: float = checked(NONNEG, 0.05)  # not on 1-D params, pos_embed, cls_token
+    # ViT only (timm param_groups_layer_decay); None = off
+    layer_decay: Optional[float] = checked(FRACTION.or_null("for no layer decay"), 0.75)
+    warmup_fraction: float = checked(PROB, 0.1)
+    min_lr: float = checked(NONNEG, 1e-6)
+    label_smoothing: float = checked(BELOW_ONE, 0.1)
+    drop_path: float = checked(BELOW_ONE, 0.1)
+    crop_scale: list[float] = checked(CROP_SCALE, factory=lambda: [0.3, 1.0])  # RRC scale
+    flip_p: float = checked(PROB, 0.0)  # digits change identity when mirrored
+    # trunc_normal (MAE); LP-FT copies the probe's head instead
+    head_init_std: float = checked(NONNEG, 2e-5)
     bn_eval: bool = False  # BatchNorm layers in eval mode while fine-tuning
     refit_on_train_and_val: bool = False  # False: keep (and test) the best-validation model
 
@@ -148,7 +403,7 @@ class LPFTConfig(FinetuneConfig):
     the fine-tuning pipeline with BN in eval mode (Kumar et al. 2022). Same lr grid as
     ``finetune``, chosen on validation: the two protocols differ only in head init and BN mode
     (a grid 3x lower left LP-FT at the probe's accuracy in 150 steps)."""
-    lr_grid: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    lr_grid: list[float] = checked(LR_GRID, factory=lambda: [1e-3, 3e-3])
     bn_eval: bool = True  # the paper's main variant (lp_then_ft_valmode)
 
 
@@ -156,23 +411,25 @@ class LPFTConfig(FinetuneConfig):
 class SupervisedConfig(FinetuneConfig):
     """The ``supervised`` baseline: the backbone trained from random init on the same labelled
     subset by the fine-tuning pipeline, with a from-scratch budget (2x the fine-tuning steps)."""
-    steps: int = 300
-    lr_grid: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    steps: int = checked(POS_INT, 300)
+    lr_grid: list[float] = checked(LR_GRID, factory=lambda: [1e-3, 3e-3])
 
 
 @dataclass
 class EvalConfig:
-    protocols: list[str] = field(default_factory=lambda: ["linear", "knn"])
-    baselines: list[str] = field(default_factory=lambda: ["raw_pixels", "random_init"])
-    seeds: list[int] = field(default_factory=lambda: [0])
+    protocols: list[str] = checked(ListOf(OneOf(_protocols)),
+                                   factory=lambda: ["linear", "knn"])
+    baselines: list[str] = checked(ListOf(OneOf(_baselines, prefixes=("timm:",)), empty_ok=True),
+                                   factory=lambda: ["raw_pixels", "random_init"])
+    seeds: list[int] = checked(ListOf(NONNEG_INT), factory=lambda: [0])
     # class-stratified, seeded (per eval seed), nested subsets of the train split, applied to
     # every protocol; the validation split (eval.linear.val_fraction, by group) is carved from it
-    label_fractions: list[float] = field(default_factory=lambda: [1.0])
-    batch_size: int = 512
+    label_fractions: list[float] = checked(ListOf(FRACTION), factory=lambda: [1.0])
+    batch_size: int = checked(POS_INT, 512)
     # frozen-feature protocols (linear, linear_sgd, knn) read this layer: null = the final pooled
     # representation; an int = a ResNet stage (0 stem, 1-4) or a ViT block, spatially averaged
     # (Backbone.features_at). Earlier layers often suit rotation / context / greedy better.
-    feature_layer: Optional[int] = None
+    feature_layer: Optional[int] = checked(NONNEG_INT.or_null("for the final features"), None)
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     linear_sgd: LinearSGDConfig = field(default_factory=LinearSGDConfig)
@@ -192,7 +449,10 @@ class LoggingConfig:
 
 @dataclass
 class LeaderboardConfig:
-    dir: str = "leaderboard"  # results under <dir>/results, board at <dir>/LEADERBOARD.md
+    # results under <dir>/results, board at <dir>/LEADERBOARD.md. The default is local and
+    # git-ignored; the committed board (leaderboard/) changes only through
+    # `sslbench leaderboard submit` or an explicit leaderboard.dir=leaderboard.
+    dir: str = "runs/leaderboard"
     render: bool = True
 
 
@@ -247,6 +507,80 @@ def _merge(base: DictConfig, other: Any, schema: Any, where: str) -> DictConfig:
         raise _friendly(e, schema, where) from None
 
 
+def domain_problems(node: Any, cls: type, prefix: str = ""
+                    ) -> Iterator[tuple[str, Any, Rule, str, dataclasses.Field]]:
+    """``(key, value, rule, hint, field)`` for each value of ``node`` (a config of dataclass
+    ``cls``) outside its field's domain; nested dataclasses and lists of them are walked too."""
+    rules = domain_rules(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in node:
+            continue
+        value = node[f.name]
+        key = f"{prefix}{f.name}"
+        rule = rules.get(f.name)
+        if rule is not None:
+            plain = (OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value)
+                     else value)
+            hint = rule.problem(plain)
+            if hint is not None:
+                yield key, plain, rule, hint, f
+                continue
+        items = ([(f"{key}.", value)] if isinstance(value, DictConfig)
+                 else [(f"{key}[{i}].", v) for i, v in enumerate(value)]
+                 if isinstance(value, ListConfig) else [])
+        for sub_prefix, sub in items:
+            t = OmegaConf.get_type(sub) if isinstance(sub, DictConfig) else None
+            if t is not None and dataclasses.is_dataclass(t):
+                yield from domain_problems(sub, t, sub_prefix)
+
+
+def _domain_message(where: str, key: str, value: Any, rule: Rule, hint: str,
+                    f: dataclasses.Field) -> str:
+    msg = f"{where}: {key}={_fmt(value)} must be {rule.describe()}{hint}"
+    if hint or isinstance(rule, OneOf):
+        return msg  # the hint or the listed names already say what to write
+    default = (f.default if f.default is not dataclasses.MISSING
+               else f.default_factory() if f.default_factory is not dataclasses.MISSING
+               else None)
+    if default is not None and rule.problem(default) is None:
+        msg += f"; e.g. {key}={_fmt(default)}"
+    return msg
+
+
+def _origin(key: str, sources: list[tuple[dict, str]], fallback: str) -> str:
+    """The last source (recipe file, command line, ...) that sets ``key``, else ``fallback``."""
+    parts = key.split("[")[0].split(".")
+    for src, where in reversed(sources):
+        node: Any = src
+        for p in parts:
+            if not isinstance(node, dict) or p not in node:
+                break
+            node = node[p]
+        else:
+            return where
+    return fallback
+
+
+def check_domains(cfg: DictConfig, method_cfg: DictConfig, method_cls: type,
+                  sources: list[tuple[dict, str]], fallback: str) -> None:
+    """Raise a one-line UserError for the first value outside its domain: the run config's
+    fields, the method's ``Config`` fields, then cross-field rules."""
+    def where(key: str) -> str:
+        return _origin(key, sources, fallback)
+
+    problems = [*domain_problems(cfg, RunConfig),
+                *domain_problems(method_cfg, method_cls.Config, "method.")]
+    if problems:
+        key, value, rule, hint, f = problems[0]
+        raise UserError(_domain_message(where(key), key, value, rule, hint, f))
+    patch = cfg.backbone.patch_size
+    if patch is not None:
+        problem = patch_size_problem(cfg.data.image_size, patch)
+        if problem:
+            raise UserError(f"{where('backbone.patch_size')}: backbone.patch_size={patch}: "
+                            f"{problem}")
+
+
 def parse_overrides(overrides: list[str]) -> DictConfig:
     """``["a.b=1", "c=[1,2]"]`` -> nested config; values parsed as YAML scalars/lists."""
     out = OmegaConf.create({})
@@ -267,7 +601,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
     """Load and validate a recipe (or a saved resolved config), then apply overrides.
 
     Returns a struct-mode DictConfig whose ``method`` node has been validated against the method's
-    own ``Config`` dataclass (defaults filled in).
+    own ``Config`` dataclass (defaults filled in); every value is checked against its field's
+    domain (:func:`check_domains`) before anything reads data.
     """
     schema = RunConfig()
     cfg = OmegaConf.structured(RunConfig)
@@ -292,8 +627,10 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
         sources.append((parse_overrides(overrides), "command line"))
 
     method_parts: list[tuple[Any, str]] = []
+    origins: list[tuple[dict, str]] = []  # plain sources, to say where a bad value came from
     for src, where in sources:
         src = OmegaConf.to_container(src)
+        origins.append((copy.deepcopy(src), where))
         m = src.pop("method", None)
         if m is not None:
             if not isinstance(m, dict):
@@ -317,6 +654,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
     for m, where in method_parts:
         m = {k: v for k, v in m.items() if k != "name"}
         mcfg = _merge(mcfg, m, method_cls.Config(), f"{where} (method '{name}')")
+    check_domains(cfg, mcfg, method_cls, origins, str(path) if path is not None else "config")
     OmegaConf.set_struct(cfg, False)
     cfg.method = OmegaConf.merge({"name": name}, mcfg)
     OmegaConf.set_struct(cfg, True)

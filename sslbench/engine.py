@@ -5,13 +5,23 @@ hooks (before_step) -> views on the device -> autocast forward -> non-finite che
 agree) -> backward -> after_backward -> optional clipping -> optimizer step -> after_step (EMA,
 queues, centres) -> log. Checkpoints are atomic and hold everything needed to continue
 bit-for-bit: model, optimizer, scaler, step, RNG states, accumulated wall time.
+
+A checkpoint is committed to disk only once it is known to be good: at a checkpoint step the
+state is copied to memory, and written after the next step's forward pass on those weights gave
+a finite loss (the final checkpoint, whose weights no further step checks, is written at once).
+All parameters and buffers must be finite too. After a non-finite loss, the checkpoint on disk
+therefore resumes with a lower lr. SIGTERM (Slurm pre-emption) stops training at the end of the
+current step, on every rank alike, after writing a checkpoint (:class:`Preempted`).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +33,73 @@ from torch import nn
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .datasets import ImageDataset
 from .distributed import all_reduce_mean, is_dist, is_main, rank, world_size
+from .errors import UserError
 from .optim import create_optimizer
 from .schedules import cosine_with_warmup, scaled_lr
 from .ssl.base import SSLMethod, StepInfo
 from .tracking import Tracker
-from .utils import atomic_write_text
+from .utils import atomic_write_text, remove_stale_temp_files
 
 
 class TrainingError(Exception):
     """The run failed (e.g. non-finite loss); printed as one line, exit code 1."""
+
+
+class Preempted(TrainingError):
+    """SIGTERM (what Slurm sends before pre-emption) stopped training at the end of a step,
+    after a checkpoint of that step was written; ``sslbench pretrain RUN`` continues it exactly.
+    The CLI prints the message as one line and exits with code 143 (128 + SIGTERM), the code a
+    process killed by SIGTERM reports to a shell."""
+
+    exit_code = 143
+    resumable = True
+
+    def __init__(self, step: int, checkpoint: Path, run_dir: Path) -> None:
+        self.step, self.checkpoint, self.run_dir = step, checkpoint, run_dir
+        super().__init__(f"stopped by SIGTERM after step {step}; checkpoint saved in "
+                         f"{checkpoint}; continue with: sslbench pretrain {run_dir}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.step, self.checkpoint, self.run_dir)
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[dict[str, bool]]:
+    """While active (main thread only), SIGTERM sets ``flag["set"]`` instead of killing the
+    process; the previous handler is restored on exit."""
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["set"] = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _cpu_copy(x: Any) -> Any:
+    """A deep copy of a (nested) state dict with every tensor copied to the CPU."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", copy=True)
+    if isinstance(x, dict):
+        return type(x)((k, _cpu_copy(v)) for k, v in x.items())
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple
+        return type(x)(*(_cpu_copy(v) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cpu_copy(v) for v in x)
+    return copy.deepcopy(x)
+
+
+def _all_finite(state: dict[str, Any]) -> bool:
+    """Whether every floating-point tensor of a state dict is finite (one device sync)."""
+    flags = [torch.isfinite(v).all().reshape(1) for v in state.values()
+             if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())]
+    return bool(torch.cat([f.to(flags[0].device) for f in flags]).all()) if flags else True
 
 
 @dataclass
@@ -115,7 +183,18 @@ class _Progress:
 
 def fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device: torch.device,
         tracker: Tracker, quiet: bool = False) -> FitResult:
-    """Pretrain ``method`` on ``train``; resumes from ``run_dir/checkpoint.pt`` when present."""
+    """Pretrain ``method`` on ``train``; resumes from ``run_dir/checkpoint.pt`` when present.
+
+    Raises :class:`TrainingError` when training fails (the last good checkpoint is kept),
+    :class:`Preempted` after SIGTERM, and ``UserError`` for an unreadable checkpoint."""
+    if is_main():
+        remove_stale_temp_files(run_dir)  # left by a process killed while writing
+    with _sigterm_flag() as stop:
+        return _fit(method, train, cfg, run_dir, device, tracker, quiet, stop)
+
+
+def _fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device: torch.device,
+         tracker: Tracker, quiet: bool, stop: dict[str, bool]) -> FitResult:
     tcfg, ocfg = cfg.train, cfg.optim
     precision = resolve_precision(tcfg.precision, device)
     global_batch = tcfg.batch_size
@@ -140,30 +219,53 @@ def fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device:
         model = nn.parallel.DistributedDataParallel(method, device_ids=ids)
 
     ckpt_path = run_dir / "checkpoint.pt"
-    start, wall_before, images_before = 0, 0.0, 0
+    start, wall_before, images_before, resumed_loss = 0, 0.0, 0, float("nan")
+    committed: Optional[int] = None  # the step of the checkpoint on disk
     if ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][min(rank(), len(state["rng"]) - 1)])
-        start, wall_before = int(state["step"]), float(state["wall_time_s"])
-        images_before = int(state["images_seen"])
+        try:
+            method.load_state_dict(state["method"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"][min(rank(), len(state["rng"]) - 1)])
+            start, wall_before = int(state["step"]), float(state["wall_time_s"])
+            images_before = int(state["images_seen"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+            raise UserError(f"{ckpt_path} does not fit this run's method and optimizer "
+                            f"({reason}); delete it to restart training from step 0, or "
+                            f"continue it with the config it was written with") from None
+        resumed_loss = float(state.get("loss", resumed_loss))
+        committed = start
         _truncate_metrics(run_dir / "metrics.jsonl", start)
 
-    def save(step: int, wall: float, images: int) -> None:
-        rngs = [rng_state()]
+    def snapshot(step: int, wall: float, images: int, loss: float) -> dict[str, Any]:
+        """Everything a checkpoint of ``step`` holds, copied to the CPU (on rank 0; the other
+        ranks contribute their RNG state). Every rank calls it at the same step. Raises
+        TrainingError on all ranks when any rank's parameters or buffers are non-finite."""
+        model_state = method.state_dict()
+        finite = _all_finite(model_state)
+        rngs: list[Any] = [(rng_state(), finite)]
         if is_dist():
             gathered: list[Any] = [None] * world_size()
             torch.distributed.all_gather_object(gathered, rngs[0])
             rngs = gathered
+        if not all(ok for _, ok in rngs):
+            raise TrainingError(
+                f"parameters or buffers became non-finite by step {step} (loss {loss:.4g}); "
+                f"training stopped. {_resume_hint(ckpt_path, committed, run_dir, ocfg.lr)}")
+        if not is_main():
+            return {}
+        return {"method": _cpu_copy(model_state), "optimizer": _cpu_copy(optimizer.state_dict()),
+                "scaler": _cpu_copy(scaler.state_dict()), "step": step,
+                "rng": [r for r, _ in rngs], "wall_time_s": wall, "images_seen": images,
+                "loss": loss, "config": json.dumps(_plain(cfg))}
+
+    def commit(snap: dict[str, Any], step: int) -> None:
+        nonlocal committed
         if is_main():
-            save_checkpoint(ckpt_path, {
-                "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "step": step, "rng": rngs,
-                "wall_time_s": wall, "images_seen": images,
-                "config": json.dumps(_plain(cfg)),
-            })
+            save_checkpoint(ckpt_path, snap)
+        committed = step
 
     sampler = StepBatches(len(train), global_batch, tcfg.seed, start, total)
     loader = torch.utils.data.DataLoader(train, sampler=sampler, batch_size=None,
@@ -175,9 +277,10 @@ def fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device:
                                          generator=torch.Generator().manual_seed(tcfg.seed))
     method.train()
     progress = _Progress(start, total, quiet)
-    t0, images, last_loss = time.perf_counter(), images_before, float("nan")
+    t0, images, last_loss = time.perf_counter(), images_before, resumed_loss
     t_log, img_log = t0, images
     step = start
+    pending: Optional[tuple[dict[str, Any], int]] = None  # a snapshot awaiting its check
     try:
         for step, (x, _) in enumerate(loader, start=start):
             info = StepInfo(step=step, total_steps=total, steps_per_epoch=spe)
@@ -194,12 +297,17 @@ def fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device:
             with _autocast(device, precision):
                 out = model(views, info)
             loss = out["loss"]
-            loss_value = float(all_reduce_mean(loss.detach().float()))
+            # one collective per step: the loss and whether any rank got SIGTERM
+            flag = torch.tensor(float(stop["set"]), device=loss.device)
+            loss_value, stop_frac = all_reduce_mean(
+                torch.stack([loss.detach().float().reshape(()), flag])).tolist()
             if not math.isfinite(loss_value):
                 raise TrainingError(
-                    f"loss is {loss_value} at step {step}; training stopped. The last good "
-                    f"checkpoint is kept in {ckpt_path}. Lower optim.lr or set optim.clip_grad, "
-                    f"then continue with: sslbench pretrain {run_dir} ")
+                    f"loss is {loss_value} at step {step}; training stopped. "
+                    f"{_resume_hint(ckpt_path, committed, run_dir, ocfg.lr)}")
+            if pending is not None:  # its weights just gave a finite loss: keep it
+                commit(*pending)
+                pending = None
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if scaler.is_enabled():  # fp16: hooks and clipping must see true gradients
@@ -223,17 +331,32 @@ def fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device:
                 t_log, img_log = now, images
             progress.update(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}",
                             img_s=f"{(images - images_before) / max(1e-9, now - t0):.0f}")
+            if stop_frac > 0:  # SIGTERM on some rank: every rank stops after this step
+                commit(snapshot(done, wall_before + now - t0, images, loss_value), done)
+                raise Preempted(done, ckpt_path, run_dir)
             if done % tcfg.checkpoint_every == 0 and done < total:
-                save(done, wall_before + now - t0, images)
+                pending = (snapshot(done, wall_before + now - t0, images, loss_value), done)
     finally:
         progress.close()
     wall = wall_before + time.perf_counter() - t0
     if start < total:
-        save(total, wall, images)
+        commit(snapshot(total, wall, images, last_loss), total)
+    if stop["set"]:  # SIGTERM after the last step's check: the final checkpoint is written
+        raise Preempted(total, ckpt_path, run_dir)
     run_images = images - images_before
     return FitResult(steps=total, images_seen=images, wall_time_s=wall,
                      img_per_s=run_images / max(1e-9, wall - wall_before) if run_images else 0.0,
                      final_loss=last_loss)
+
+
+def _resume_hint(ckpt_path: Path, committed: Optional[int], run_dir: Path, lr: float) -> str:
+    if committed is None:
+        return (f"No checkpoint passed the finite check; start again with a lower lr: "
+                f"sslbench pretrain {run_dir} optim.lr=<lower than {lr:g}> (or set "
+                f"optim.clip_grad)")
+    return (f"The last good checkpoint (step {committed}) is kept in {ckpt_path}; continue it "
+            f"with a lower lr: sslbench pretrain {run_dir} optim.lr=<lower than {lr:g}> "
+            f"(or set optim.clip_grad)")
 
 
 def _plain(cfg: Any) -> Any:

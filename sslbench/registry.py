@@ -30,6 +30,10 @@ class Registry(Generic[T]):
 
     def register(self, name: str, origin: str = "built-in") -> Callable[[T], T]:
         def deco(obj: T) -> T:
+            from .identity import check_name
+
+            # names become run-directory and record-file name parts
+            check_name(name, f"{self.kind} name", f"register it under a plain name ({origin})")
             if name in self._items and self._items[name] is not obj:
                 # Re-registering the same qualified class (e.g. a plugin file loaded twice) is fine.
                 old = self._items[name]
@@ -64,7 +68,11 @@ class Registry(Generic[T]):
                       file=sys.stderr)
                 continue
             if ep.name not in self._items and isinstance(obj, type):
-                self.register(ep.name, origin=f"plugin {ep.value}")(obj)
+                try:
+                    self.register(ep.name, origin=f"plugin {ep.value}")(obj)
+                except UserError as e:
+                    print(f"warning: plugin '{ep.name}' ({ep.value}) skipped: {e}",
+                          file=sys.stderr)
             elif ep.name in self._items:
                 self._origin[ep.name] = f"plugin {ep.value}"
 

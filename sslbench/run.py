@@ -5,6 +5,7 @@ in ``engine.py`` (MAE's main/engine split).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -22,6 +23,8 @@ from .config import content_hash, load_recipe, to_dict, to_yaml
 from .datasets import ImageDataset, get_split, load_splits
 from .engine import fit
 from .errors import UserError, did_you_mean
+from .identity import (RESUME_REMEDY_KEYS, check_name, config_diff, config_hash, dataset_identity,
+                       describe_diff, identity_hash, record_identity as identity_of)
 from .eval import grid_edge
 from .eval.features import cached_extract, file_hash
 from .eval.finetune import run_finetune, run_lpft, stderr_log
@@ -77,6 +80,8 @@ def recipe_info(path: Optional[str | Path]) -> dict[str, Any]:
     if path is None:
         return {"path": None, "sha256": None, "name": "adhoc"}
     p = Path(path)
+    check_name(p.stem, "recipe name", f"rename {p}: its name becomes part of run and record "
+                                      f"file names")
     try:
         shown = str(p.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -92,11 +97,28 @@ def wandb_config(cfg: DictConfig, recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_run_id(cfg: DictConfig, recipe: dict[str, Any]) -> str:
+    check_name(cfg.backbone.name, "backbone.name", "use a timm model name")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return f"{recipe['name']}-{cfg.method.name}-{cfg.backbone.name}-s{cfg.train.seed}-{stamp}"
 
 
 # -- pretraining --------------------------------------------------------------------------------
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a run directory ({} when absent); a corrupt file is a one-line error."""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is corrupt or not a run.json ({type(e).__name__}); restore it, "
+                        f"or delete {run_dir} to start the run over") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{path} is corrupt or not a run.json (not a JSON object); restore it, "
+                        f"or delete {run_dir} to start the run over")
+    return info
+
 
 def load_run(run_dir: str | Path) -> tuple[DictConfig, dict[str, Any]]:
     d = Path(run_dir)
@@ -104,28 +126,122 @@ def load_run(run_dir: str | Path) -> tuple[DictConfig, dict[str, Any]]:
         raise UserError(f"{d} is not a run directory (no config.yaml); pass a run made by "
                         f"'sslbench pretrain'")
     cfg = load_recipe(d / "config.yaml")
-    info = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else {}
-    return cfg, info
+    return cfg, read_run_info(d)
+
+
+# files sslbench itself may leave in a run directory before its config.yaml exists
+_PRE_CONFIG_FILES = ("metrics.jsonl", "wandb", "features")
+
+
+def bind_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """Refuse to use ``run_dir`` with a config other than the one its run started with.
+
+    Nothing is written. Returns the changes allowed on a failed run (``RESUME_REMEDY_KEYS``:
+    the remedy for a non-finite loss), else {}. Raises UserError naming the differing keys when
+    the directory holds another run, its ``config.yaml`` was edited since the run started, or it
+    is not a run directory at all."""
+    check_name(run_dir.name, "run id (the run directory's name)",
+               "pass --out DIR with a plain directory name")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} exists and is not a directory; choose another --out")
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        if run_dir.is_dir() and any(not p.name.startswith(".") and p.name not in _PRE_CONFIG_FILES
+                                    for p in run_dir.iterdir()):
+            raise UserError(f"{run_dir} is not empty and is not a run directory (no "
+                            f"config.yaml); choose a new --out")
+        return {}
+    stored = to_dict(load_recipe(cfg_path))
+    info = read_run_info(run_dir)
+    if info.get("config_sha256") and config_hash(stored) != info["config_sha256"]:
+        edited = config_diff(info["config"], stored) if isinstance(info.get("config"), dict) \
+            else {}
+        raise UserError(f"{cfg_path} was edited after the run started "
+                        f"({describe_diff(edited) or 'contents differ'}); restore it, or start "
+                        f"a new run with another --out")
+    diff = config_diff(stored, to_dict(cfg))
+    if not diff:
+        return {}
+    if info.get("status") == "failed" and all(k in RESUME_REMEDY_KEYS for k in diff):
+        return diff
+    remedy = (f" (after a failure only {', '.join(RESUME_REMEDY_KEYS)} may change)"
+              if info.get("status") == "failed" else "")
+    raise UserError(f"{run_dir} holds a run with a different config ({describe_diff(diff)})"
+                    f"{remedy}; choose another --out, or continue it unchanged with: "
+                    f"sslbench pretrain {run_dir}")
+
+
+class RunBusy(UserError):
+    """Another process holds the run directory's lock."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``run_dir/.lock`` (rank 0 only): one process trains or runs a directory at a time."""
+    if D.is_dist() and not D.is_main() or int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / ".lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunBusy(f"{run_dir} is in use by another sslbench process; wait for it to finish, "
+                      f"or choose another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = False,
              tracker: Optional[Tracker] = None) -> dict[str, Any]:
-    """Pretrain into ``run_dir`` (resuming from its checkpoint if there is one)."""
+    """Pretrain into ``run_dir`` (resuming from its checkpoint if there is one). The directory
+    must be new or hold a run with the same config (:func:`bind_run_dir`); it is locked while
+    training."""
+    changes = bind_run_dir(cfg, run_dir)
+    with run_lock(run_dir):
+        return _pretrain(cfg, recipe, run_dir, changes, quiet, tracker)
+
+
+def _pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path,
+              changes: dict[str, tuple[Any, Any]], quiet: bool = False,
+              tracker: Optional[Tracker] = None) -> dict[str, Any]:
+    from .engine import TrainingError
+
     info_path = run_dir / "run.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_run_info(run_dir)
     if info.get("status") == "done" and (run_dir / "backbone.safetensors").is_file():
-        return info  # finished earlier: nothing to resume
+        if not quiet and D.is_main():
+            print(f"note: {run_dir} holds a finished pretraining with this config; reusing it "
+                  f"(choose another --out to train again)", file=sys.stderr)
+        return info
     device = resolve_device(cfg)
     D.init_from_env(device.type)
     splits = load_splits(cfg.data)
     train = get_split(splits, cfg.data.train_split, "pretraining")
+    if cfg.train.batch_size > len(train):
+        raise UserError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(train)} "
+                        f"training images; lower train.batch_size")
     method = build_method(cfg)
+    if (run_dir / "checkpoint.pt").is_file():  # refuse a corrupt one before writing anything
+        from .checkpoint import load_checkpoint
+
+        load_checkpoint(run_dir / "checkpoint.pt")
     seed_everything(cfg.train.seed * 1000 + D.rank())  # augmentation streams differ per rank
     run_dir.mkdir(parents=True, exist_ok=True)
     if D.is_main():
+        resolved = to_dict(cfg)
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        if changes:  # the remedy after a failure, recorded (records name the final config)
+            info.setdefault("config_changes", []).append(
+                {"changes": {k: [a, b] for k, (a, b) in changes.items()}, "created": now_iso()})
         info.update(run_id=run_dir.name, recipe=recipe, status="running",
-                    world_size=D.world_size(), provenance=provenance(device))
+                    world_size=D.world_size(), provenance=provenance(device), config=resolved,
+                    config_sha256=config_hash(resolved))
+        info.pop("error", None)
         atomic_write_json(info_path, info)
     own_tracker = tracker is None
     if tracker is None:
@@ -133,10 +249,21 @@ def pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool
                           wandb_config(cfg, recipe), run_dir,
                           tags=[cfg.method.name, cfg.backbone.name, cfg.data.name])
     try:
-        result = fit(method, train, cfg, run_dir, device, tracker, quiet)
+        try:
+            result = fit(method, train, cfg, run_dir, device, tracker, quiet)
+        except (TrainingError, KeyboardInterrupt) as e:
+            if D.is_main():
+                failed = isinstance(e, TrainingError) and not getattr(e, "resumable", False)
+                info.update(status="failed" if failed else "interrupted",
+                            error=str(e) or type(e).__name__)
+                atomic_write_json(info_path, info)
+            raise
         if D.is_main():
             save_backbone(method.eval_backbone(), run_dir / "backbone.safetensors")
-            info.update(status="done", pretrain=asdict(result))
+            info.update(status="done", pretrain={
+                **asdict(result),
+                **({"config_changes": info["config_changes"]} if info.get("config_changes")
+                   else {})})
             atomic_write_json(info_path, info)
             # evaluation runs name this artifact (lineage when online; config entry offline)
             tracker.log_artifact(run_dir / "backbone.safetensors", f"backbone-{run_dir.name}",
@@ -199,10 +326,55 @@ def record_identity(cfg: DictConfig, kind: str) -> tuple[str, str]:
     return kind, cfg.backbone.name
 
 
+def record_stub(cfg: DictConfig, recipe: dict[str, Any], kind: str, protocol: str,
+                fraction: float, layer: Optional[int], eval_seed: int,
+                dataset_id: dict[str, str], suite: Optional[str] = None) -> dict[str, Any]:
+    """The identifying part of one record (``sslbench.identity``): what the evaluator writes
+    and what the suite runner looks for."""
+    method_name, backbone_name = record_identity(cfg, kind)
+    rec: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "kind": "measured", "method": method_name,
+        "backbone": backbone_name, "dataset": cfg.data.name, "protocol": protocol,
+        "protocol_settings": identity_settings(protocol, fraction, layer),
+        "seed": cfg.train.seed, "eval_seed": int(eval_seed), "recipe": recipe, "suite": suite,
+    }
+    rec["identity"] = identity_of(rec, dataset_id, to_dict(cfg))
+    rec["identity_hash"] = identity_hash(rec["identity"])
+    return rec
+
+
+def expected_records(cfg: DictConfig, recipe: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """Stubs of every record ``evaluate(cfg, recipe, kind)`` writes (reads the dataset to
+    fingerprint it)."""
+    dataset_id = dataset_identity(cfg.data.name, load_splits(cfg.data))
+    layer = feature_layer(cfg, kind)
+    return [record_stub(cfg, recipe, kind, protocol, float(fraction), layer, int(ev), dataset_id)
+            for protocol in kind_protocols(kind, list(cfg.eval.protocols), layer)
+            for ev in cfg.eval.seeds for fraction in cfg.eval.label_fractions]
+
+
+def check_run_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Evaluating a run may change ``eval.*`` only: records must name the config the backbone
+    was really pretrained with."""
+    info = read_run_info(run_dir)
+    if info.get("status") not in (None, "done"):
+        raise UserError(f"{run_dir} has not finished pretraining (status {info['status']}); "
+                        f"continue it with: sslbench pretrain {run_dir}")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass a run made by "
+                        f"'sslbench pretrain'")
+    diff = config_diff(to_dict(load_recipe(run_dir / "config.yaml")), to_dict(cfg),
+                       ignore=("eval",))
+    if diff:
+        raise UserError(f"these settings differ from how {run_dir} was pretrained "
+                        f"({describe_diff(diff)}); evaluating a run may change eval.* keys only")
+
+
 def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
              run_dir: Optional[Path] = None, protocols: Optional[list[str]] = None,
              tracker: Optional[Tracker] = None, quiet: bool = False,
-             pretrain_info: Optional[dict] = None) -> list[dict[str, Any]]:
+             pretrain_info: Optional[dict] = None, suite: Optional[str] = None
+             ) -> list[dict[str, Any]]:
     """Evaluate a pretrained run (``kind="run"``) or a baseline (``random_init``,
     ``raw_pixels``, ``timm:NAME``) with every label fraction x eval seed x protocol; write one
     record each.
@@ -217,8 +389,12 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
     for p in protocols:
         if p not in PROTOCOLS:
             raise UserError(f"unknown protocol '{p}'{did_you_mean(p, PROTOCOLS)}")
+    if kind == "run":
+        assert run_dir is not None
+        check_run_config(cfg, run_dir)
     device = resolve_device(cfg)
     splits = load_splits(cfg.data)
+    dataset_id = dataset_identity(cfg.data.name, splits)
     train = get_split(splits, cfg.data.train_split, "evaluation")
     evals = {"test": get_split(splits, cfg.data.test_split, "evaluation")}
     if cfg.data.ood_split and cfg.data.ood_split in splits:
@@ -284,7 +460,8 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
     bs = cfg.eval.batch_size
 
     def feats(ds: ImageDataset):
-        return cached_extract(fn, ds, device, bs, cache_dir, cache_key, module=backbone)
+        return cached_extract(fn, ds, device, bs, cache_dir, cache_key, module=backbone,
+                              quiet=quiet)
 
     t0 = time.perf_counter()
     xtr, ytr = None, train.labels
@@ -340,7 +517,9 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
                         split_feats, cfg.eval.linear, cfg.eval.lpft, int(eval_seed), device, bs,
                         log=log)
                     settings["val_split"] = val_split
-                settings.update(identity_settings(protocol, fraction, layer))
+                rec = record_stub(cfg, recipe, kind, protocol, float(fraction), layer,
+                                  int(eval_seed), dataset_id, suite)
+                settings.update(rec["protocol_settings"])
                 edge = grid_edge(settings)
                 if edge:  # recorded, and said: the best value may lie outside the grid
                     settings["grid_edge"] = edge
@@ -349,18 +528,15 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
                 wall = time.perf_counter() - t1
                 if protocol != "finetune":
                     wall += feature_time / n_feature_protocols
-                rec = {
-                    "schema_version": SCHEMA_VERSION, "kind": "measured", "method": method_name,
-                    "backbone": backbone_name, "backbone_family": family or "other",
-                    "dataset": cfg.data.name, "protocol": protocol, "protocol_settings": settings,
-                    "seed": cfg.train.seed, "eval_seed": int(eval_seed), "metrics": metrics,
-                    "recipe": recipe, "run_id": run_dir.name if run_dir else None,
+                rec.update({
+                    "backbone_family": family or "other", "protocol_settings": settings,
+                    "metrics": metrics, "run_id": run_dir.name if run_dir else None,
                     "config": to_dict(cfg), "provenance": prov,
                     "pretrain": ((pretrain_info or {}).get("pretrain")
                                  if kind == "run" or kind.startswith("timm:") else None),
                     "wall_time_s": wall,
                     "created": now_iso(),
-                }
+                })
                 write_record(Path(cfg.leaderboard.dir) / "results", rec)
                 records.append(rec)
                 if tracker is not None:
@@ -418,28 +594,34 @@ def _log_eval_runs(cfg: DictConfig, recipe: dict[str, Any], kind: str, run_dir: 
 
 # -- the main job -------------------------------------------------------------------------------
 
-def run(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = False
-        ) -> tuple[list[dict[str, Any]], Optional[Path]]:
-    """Pretrain, evaluate the run and the recipe's baselines, record and render the board."""
-    tracker = None
-    if D.is_main() or not D.launched_by_torchrun():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tracker = Tracker(run_dir / "metrics.jsonl", cfg.logging, run_dir.name, "pretrain",
-                          wandb_config(cfg, recipe), run_dir,
-                          tags=[cfg.method.name, cfg.backbone.name, cfg.data.name])
+def run(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = False,
+        suite: Optional[str] = None) -> tuple[list[dict[str, Any]], Optional[Path]]:
+    """Pretrain, evaluate the run and the recipe's baselines, record and render the board.
+
+    The run directory is checked against the config before anything is written
+    (:func:`bind_run_dir`) and locked for the whole job."""
     for baseline in cfg.eval.baselines:
         if baseline not in BASELINES and not baseline.startswith("timm:"):
             raise UserError(f"unknown baseline '{baseline}' in eval.baselines "
                             f"(valid: {', '.join(BASELINES)}, timm:NAME)"
                             f"{did_you_mean(baseline, BASELINES)}")
-    try:
-        info = pretrain(cfg, recipe, run_dir, quiet, tracker or Tracker(None))
-    finally:
-        if tracker is not None:
-            tracker.finish()  # evaluation logs to its own W&B runs, one per protocol
-    records = evaluate(cfg, recipe, "run", run_dir, quiet=quiet, pretrain_info=info)
-    for baseline in cfg.eval.baselines:
-        records += evaluate(cfg, recipe, baseline, None, quiet=quiet)
+    changes = bind_run_dir(cfg, run_dir)
+    with run_lock(run_dir):
+        tracker = None
+        if D.is_main() or not D.launched_by_torchrun():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tracker = Tracker(run_dir / "metrics.jsonl", cfg.logging, run_dir.name, "pretrain",
+                              wandb_config(cfg, recipe), run_dir,
+                              tags=[cfg.method.name, cfg.backbone.name, cfg.data.name])
+        try:
+            info = _pretrain(cfg, recipe, run_dir, changes, quiet, tracker or Tracker(None))
+        finally:
+            if tracker is not None:
+                tracker.finish()  # evaluation logs to its own W&B runs, one per protocol
+        records = evaluate(cfg, recipe, "run", run_dir, quiet=quiet, pretrain_info=info,
+                           suite=suite)
+        for baseline in cfg.eval.baselines:
+            records += evaluate(cfg, recipe, baseline, None, quiet=quiet, suite=suite)
     board = None
     if D.is_main() and cfg.leaderboard.render:
         board = write_board(cfg.leaderboard.dir, html=True)

@@ -304,13 +304,14 @@ replace. The Barlow Twins plugin in sslbench's `examples/plugin_method` is a fin
 4. Run the embedded benchmark with it, and render the board:
 
    ```bash
-   sslbench run $dist/recipes/embedded.yaml   # or: add it to a suite, sslbench benchmark
-   sslbench leaderboard --format html --out board.html
-   sslbench leaderboard validate
+   sslbench run $dist/recipes/embedded.yaml   # records go to runs/leaderboard (local)
+   sslbench leaderboard runs/leaderboard --format html --out board.html
+   # for the committed board: add the recipe to a suite, commit, run it from a clean checkout
+   sslbench benchmark SUITE.yaml && sslbench leaderboard submit runs/leaderboard
    ```
 
 5. Open a pull request to the sslbench repository with the link to this package (its repository
-   and the commit you ran) and the JSON records the runs wrote under `leaderboard/results/`.
+   and the commit you ran) and the records `submit` added under `leaderboard/results/`.
    Records must come from real runs of committed code and are never edited by hand;
    `sslbench leaderboard validate` must pass.
 '''

@@ -158,7 +158,7 @@ def leaderboard_rows(leaderboard_dir: str | Path) -> list[list[Any]]:
         return None if v is None else round(100.0 * v, 3)
 
     rows = []
-    for r in aggregate(load_records(Path(leaderboard_dir) / "results")):
+    for r in aggregate(load_records(Path(leaderboard_dir) / "results", skip_bad=True)):
         acc, ood = r["metrics"].get("acc"), r["metrics"].get("ood_acc")
         rows.append([r["dataset"], r["protocol"],
                      float((r["protocol_settings"] or {}).get("label_fraction", 1.0)),

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -15,10 +16,32 @@ import numpy as np
 import torch
 
 
+def _read_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc), else by the
+    set-and-restore idiom (once, at import)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+# the names atomic_write gives its temp files: "." + target name + "." + 8 random chars + ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write through ``write(tmp_path)`` into a temp file in the same directory, then rename.
 
-    A killed process leaves either the old file or the new one, never half of one.
+    A killed process leaves either the old file or the new one, never half of one (plus, at
+    worst, a temp file that :func:`remove_stale_temp_files` removes). The file gets the mode
+    ``0o666 & ~umask``, like any file the process creates with ``open``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,11 +51,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temp files :func:`atomic_write` left in ``directory`` when a process was
+    killed mid-write (``.<name>.<8 random chars>.tmp``; nothing else, not recursive). Call it
+    only where no other process is writing into ``directory``. Returns the removed paths."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    removed = []
+    for p in sorted(d.iterdir()):
+        if _TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

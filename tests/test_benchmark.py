@@ -39,16 +39,18 @@ def test_suite_baselines_are_evaluated_once_per_seed_not_per_cell(tmp_path):
     suite = _suite(tmp_path)
     raw = yaml.safe_load(suite.read_text())
     recipe = raw["cells"][0]
-    raw.update(seeds=[0], cells=[recipe, {"recipe": recipe, "overrides": ["train.max_steps=3"]}],
+    raw.update(seeds=[0], cells=[recipe, {"recipe": recipe, "overrides": ["train.max_steps=3"],
+                                          "name": "tiny3"}],
                baselines=[{"recipe": recipe, "kinds": ["raw_pixels", "random_init"]}])
     suite.write_text(yaml.safe_dump(raw))
     _, cells = load_suite(suite)
-    assert [c.name for c in cells] == ["tiny-s0", "tiny-s0", "tiny-raw_pixels+random_init-s0"]
+    assert [c.name for c in cells] == ["tiny-s0", "tiny3-s0", "tiny-raw_pixels+random_init-s0"]
     assert all("eval.baselines=[]" in c.overrides for c in cells[:2])
     assert [s for _, s in run_suite(suite, quiet=True, only="*raw_pixels*")] == ["ran"]
     files = sorted(p.name for p in (tmp_path / "lb" / "results" / "embedded").glob("*.json"))
-    assert files == ["tiny__random_init__test_resnet__knn__seed0__ev0.json",
-                     "tiny__raw_pixels__pixels__knn__seed0__ev0.json"]
+    assert [f.rsplit("__", 1)[0] for f in files] == [
+        "tiny__random_init__test_resnet__knn__seed0__ev0",
+        "tiny__raw_pixels__pixels__knn__seed0__ev0"]
     assert [s for _, s in run_suite(suite, dry_run=True, quiet=True)] == ["todo", "todo", "done"]
 
 
@@ -61,4 +63,7 @@ def test_bad_suite_files(tmp_path):
         load_suite(bad)
     bad.write_text("cells: [a.yaml]\nbaselines: [{recipe: a.yaml}]\n")
     with pytest.raises(UserError, match="baselines entry 0 must be"):
+        load_suite(bad)
+    bad.write_text("cells: [a.yaml, {recipe: a.yaml, overrides: [train.seed=3]}]\n")
+    with pytest.raises(UserError, match="two cells are named 'a-s0'"):
         load_suite(bad)

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from conftest import write_recipe
 from sslbench.backbones import create_backbone, save_backbone
 from sslbench.config import (BackboneConfig, FinetuneConfig, LinearSGDConfig, LPFTConfig,
-                             load_recipe)
+                             load_recipe, to_yaml)
 from sslbench.datasets import TensorImageDataset
 from sslbench.eval.features import cached_extract, extract, file_hash
 from sslbench.eval.finetune import (build_classifier, init_head, predict, run_finetune, run_lpft,
@@ -285,6 +285,7 @@ def test_evaluate_writes_finetune_lpft_linear_sgd_records(tmp_path):
     cfg = load_recipe(recipe)
     run_dir = tmp_path / "runs" / "tiny"
     run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))  # a run directory is bound to its config
     torch.manual_seed(0)
     weights = save_backbone(create_backbone(cfg.backbone, 32), run_dir / "backbone.safetensors")
     digest = file_hash(weights)
@@ -293,8 +294,8 @@ def test_evaluate_writes_finetune_lpft_linear_sgd_records(tmp_path):
     assert file_hash(weights) == digest  # the pretrained backbone on disk is untouched
     got = {(r["protocol"], r["protocol_settings"]["label_fraction"]) for r in records}
     assert got == {(p, f) for p in ("finetune", "lpft", "linear_sgd") for f in (0.25, 1.0)}
-    files = sorted(p.name for p in Path("lb/results/embedded").glob("*.json"))
-    assert files == sorted(f"tiny__simclr__test_resnet__{p}__seed0__ev0{lf}.json"
+    files = sorted(p.name.rsplit("__", 1)[0] for p in Path("lb/results/embedded").glob("*.json"))
+    assert files == sorted(f"tiny__simclr__test_resnet__{p}__seed0__ev0{lf}"
                            for p in ("finetune", "lpft", "linear_sgd") for lf in ("", "__lf0.25"))
     for r in records:
         assert {"acc", "ood_acc", "val_acc"} <= r["metrics"].keys()
@@ -399,7 +400,8 @@ def test_evaluate_with_a_feature_layer_records_it(tmp_path):
     (last,) = evaluate(cfg, recipe_info(recipe), "random_init", None, protocols=["knn"],
                        quiet=True)
     assert "feature_layer" not in last["protocol_settings"]
-    assert record_path("lb/results", rec).name.endswith("__knn__seed0__ev0__layer2.json")
+    assert f"__knn__seed0__ev0__layer2__{rec['identity_hash'][:10]}.json" in \
+        record_path("lb/results", rec).name
     assert record_path("lb/results", rec).is_file() and record_path("lb/results", last).is_file()
 
 

@@ -35,7 +35,7 @@ def test_scaffold_files_and_pyproject(tmp_path):
     assert meta["build-system"]["build-backend"] == "setuptools.build_meta"
     readme = (root / "README.md").read_text()
     for step in ("pip install -e sslbench-my_ssl", "sslbench methods",
-                 "sslbench check-method my_ssl", "sslbench leaderboard validate"):
+                 "sslbench check-method my_ssl", "sslbench leaderboard submit"):
         assert step in readme
     for rel in ("sslbench_my_ssl/__init__.py", "tests/test_my_ssl.py"):
         compile((root / rel).read_text(), rel, "exec")

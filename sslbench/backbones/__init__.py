@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import timm
-import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from ..config import patch_size_problem
 from ..errors import UserError, did_you_mean
 
 FAMILIES = ("resnet", "vit")
@@ -120,10 +120,9 @@ def _timm_kwargs(cfg: Any, image_size: int, family_hint: str) -> dict[str, Any]:
         patch = cfg.patch_size or (4 if cfg.small_input else None)
         kwargs.update(img_size=image_size, dynamic_img_size=True)
         if patch:
-            if image_size % patch:
-                raise UserError(f"image size {image_size} is not divisible by the ViT patch size "
-                                f"{patch}; set backbone.patch_size to a divisor of "
-                                f"data.image_size (e.g. 4 for 32 px)")
+            problem = patch_size_problem(image_size, patch)
+            if problem:
+                raise UserError(problem)
             kwargs["patch_size"] = patch
     elif cfg.patch_size is not None:
         raise UserError(f"backbone.patch_size is only for ViTs, not '{cfg.name}'; remove it")
@@ -168,27 +167,65 @@ def create_backbone(cfg: Any, image_size: int) -> Backbone:
 
 
 def save_backbone(bb: Backbone, path: str | Path) -> Path:
-    from safetensors.torch import save_file
+    """Write ``bb`` as safetensors with its metadata; equal weights give equal bytes."""
+    from safetensors.torch import save
 
     from ..utils import atomic_write
 
     state = {k: v.detach().cpu().contiguous() for k, v in bb.model.state_dict().items()}
-    return atomic_write(path, lambda p: save_file(state, str(p), metadata=bb.metadata()))
+    data = _canonical_header(save(state, metadata=bb.metadata()))
+    return atomic_write(path, lambda p: p.write_bytes(data))
 
 
-def load_weights(bb: Backbone, path: str | Path) -> None:
-    """Load timm-format weights (safetensors, or a torch file loaded with weights_only=True)."""
+def _canonical_header(data: bytes) -> bytes:
+    """safetensors serialises its metadata from a hash map, in an order that changes from one
+    call to the next: rewrite the JSON header with the metadata keys sorted (tensor entries keep
+    their order; the data section is unchanged, its offsets are relative to its start)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+def _corrupt(p: Path, e: Exception, kind: str, fix: str) -> UserError:
+    from ..checkpoint import load_reason
+
+    return UserError(f"{p} is corrupt or not a {kind} ({load_reason(e)}); {fix}")
+
+
+def load_weights(bb: Backbone, path: str | Path,
+                 fix: str = "point backbone.checkpoint to a valid weights file") -> None:
+    """Load timm-format weights (safetensors, or a torch file loaded with weights_only=True).
+    A file that cannot be read raises a one-line :class:`UserError` ending in ``fix``."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"backbone checkpoint not found: {p}; fix backbone.checkpoint")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
-        state = load_file(str(p))
+        try:
+            state = load_file(str(p))
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - SafetensorError and friends
+            raise _corrupt(p, e, "safetensors file", fix) from None
     else:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        from ..checkpoint import torch_load
+
+        try:
+            state = torch_load(p)
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - zip, pickle and tensor errors
+            raise _corrupt(p, e, "weights file", fix) from None
         for key in ("state_dict", "model", "backbone"):
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"{p} is corrupt or not a weights file (not a state dict of tensors); "
+                        f"{fix}")
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
     missing, unexpected = bb.model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -204,15 +241,25 @@ def load_backbone(path: str | Path) -> Backbone:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"backbone file not found: {p}")
-    with safe_open(str(p), framework="pt") as f:
-        meta = f.metadata() or {}
+    fix = (f"delete it and continue the pretraining run ('sslbench pretrain {p.parent}' writes "
+           f"it again from the final checkpoint), or restore it")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - SafetensorError
+        raise _corrupt(p, e, "safetensors file", fix) from None
     if "timm_name" not in meta:
         raise UserError(f"{p} has no sslbench metadata; load it with timm directly")
-    kwargs = json.loads(meta["timm_kwargs"])
-    model = timm.create_model(meta["timm_name"], pretrained=False, **kwargs)
-    small = json.loads(meta.get("small_input", "false"))
+    try:
+        kwargs = json.loads(meta["timm_kwargs"])
+        small = json.loads(meta.get("small_input", "false"))
+        model = timm.create_model(meta["timm_name"], pretrained=False, **kwargs)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise _corrupt(p, e, "sslbench backbone file", fix) from None
     if family_of(model) == "resnet" and small:
         adapt_small_input(model)
     bb = Backbone(model, meta["timm_name"], kwargs, small)
-    load_weights(bb, p)
+    load_weights(bb, p, fix)
     return bb

@@ -7,6 +7,7 @@ never written. Features are kept in fp32.
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -46,16 +47,43 @@ def extract(fn: FeatureFn, dataset: ImageDataset, device: torch.device, batch_si
     return torch.cat(feats), torch.cat(labels)
 
 
+def _read_cache(path: Path, n: int) -> tuple[Tensor, Tensor]:
+    """The (features, labels) of a cache file for ``n`` images; ValueError when it is not one."""
+    from ..checkpoint import load_reason, torch_load
+
+    try:
+        d = torch_load(path)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zip, pickle and tensor errors
+        raise ValueError(load_reason(e)) from None
+    if not isinstance(d, dict) or not all(isinstance(d.get(k), Tensor)
+                                          for k in ("features", "labels")):
+        raise ValueError("not a dict of features and labels")
+    feats, labels = d["features"], d["labels"]
+    if feats.ndim != 2 or labels.ndim != 1 or len(feats) != n or len(labels) != n:
+        raise ValueError(f"shapes {tuple(feats.shape)} / {tuple(labels.shape)} for {n} images")
+    return feats, labels
+
+
 def cached_extract(fn: FeatureFn, dataset: ImageDataset, device: torch.device, batch_size: int,
                    cache_dir: Optional[Path], key: str,
-                   module: Optional[nn.Module] = None) -> tuple[Tensor, Tensor]:
-    """:func:`extract` with an on-disk cache at ``cache_dir/<key>-<dataset fingerprint>.pt``."""
+                   module: Optional[nn.Module] = None,
+                   quiet: bool = False) -> tuple[Tensor, Tensor]:
+    """:func:`extract` with an on-disk cache at ``cache_dir/<key>-<dataset fingerprint>.pt``.
+    A cache file that cannot be read is a miss: it is deleted and recomputed (with a one-line
+    note on stderr unless ``quiet``)."""
     if cache_dir is None:
         return extract(fn, dataset, device, batch_size, module)
     path = Path(cache_dir) / f"{key}-{dataset.fingerprint()}.pt"
     if path.is_file():
-        d = torch.load(path, map_location="cpu", weights_only=True)
-        return d["features"], d["labels"]
+        try:
+            return _read_cache(path, len(dataset))
+        except ValueError as e:
+            if not quiet:
+                print(f"note: feature cache {path} is corrupt ({e}); recomputing it",
+                      file=sys.stderr)
+            path.unlink(missing_ok=True)
     feats, labels = extract(fn, dataset, device, batch_size, module)
     atomic_write(path, lambda p: torch.save({"features": feats, "labels": labels}, p))
     return feats, labels

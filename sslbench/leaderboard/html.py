@@ -715,8 +715,9 @@ def render_html(rows: list[dict[str, Any]], title: str = "sslbench leaderboard")
 
 
 def render_html_dir(results_dir: str | Path) -> str:
-    """Load, aggregate and render the records under ``results_dir`` as an HTML page."""
-    return render_html(aggregate(load_records(results_dir)))
+    """Load, aggregate and render the records under ``results_dir`` as an HTML page (a file
+    that is not a valid record is skipped with a one-line warning on stderr)."""
+    return render_html(aggregate(load_records(results_dir, skip_bad=True)))
 
 
 def write_html(leaderboard_dir: str | Path) -> Path:

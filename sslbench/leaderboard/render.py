@@ -6,7 +6,9 @@ import datetime as _dt
 import io
 import json
 import math
+import re
 from collections import Counter, defaultdict
+from html import escape as _escape_html
 from pathlib import Path
 from typing import Any
 
@@ -209,15 +211,27 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- markdown
 
 
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|~])")
+# ``_`` starts or ends emphasis only at a word boundary (``raw_pixels`` is safe as it is)
+_MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def _text(text: Any) -> str:
+    """Arbitrary text as one line of plain Markdown: no raw HTML (``&``, ``<``, ``>`` become
+    entities) and no Markdown syntax (backslash, backtick, ``*``, ``_``, ``[``, ``]``, ``|``,
+    ``~`` are backslash-escaped), so it shows as written and cannot break a table."""
+    s = _escape_html(" ".join(str(text).split()), quote=False)
+    return _MD_UNDERSCORE.sub(r"\\_", _MD_SPECIAL.sub(r"\\\1", s))
+
+
 def _cell(text: Any) -> str:
     """Make arbitrary text safe inside a markdown table cell."""
-    s = " ".join(str(text).split())
-    return s.replace("\\", "\\\\").replace("|", "\\|") or " "
+    return _text(text) or " "
 
 
 def _inline(text: Any) -> str:
-    """One-line inline code span for free text outside tables."""
-    s = " ".join(str(text).split()).replace("`", "'")
+    """One-line inline code span for free text outside tables (no backticks, no raw HTML)."""
+    s = _escape_html(" ".join(str(text).split()).replace("`", "'"), quote=False)
     return f"`{s}`"
 
 
@@ -261,7 +275,7 @@ def _views(rows: list[dict[str, Any]]) -> list[tuple[str | None, list[dict[str, 
 def _settings_text(settings: dict[str, Any]) -> str:
     if not settings:
         return "defaults"
-    return ", ".join(f"{k} = {_inline(json.dumps(v, default=str))}"
+    return ", ".join(f"{_text(k)} = {_inline(json.dumps(v, default=str))}"
                      for k, v in sorted(settings.items()))
 
 
@@ -300,7 +314,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
                 marks[(best, p + metric)] = "best"
                 marks.update({(i, p + metric): "tie" for i in ties})
     for i, ((method, backbone, recipe), by_protocol) in enumerate(ranked):
-        row = [method, backbone, recipe]
+        row = [_cell(method), _cell(backbone), _cell(recipe)]  # the rest is numbers and marks
         for p in protocols:
             metrics = by_protocol.get(p, {}).get("metrics", {})
             for metric in ("acc", "ood_acc") if p in with_ood else ("acc",):
@@ -314,7 +328,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         wall = next((g["pretrain_wall_time_s"] for g in present
                      if g["pretrain_wall_time_s"] is not None), None)
         row.append(_MISSING if wall is None else f"{wall:.1f}")
-        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+        lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
@@ -362,11 +376,11 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         by_dataset[r["dataset"]].append(r)
     for dataset in sorted(by_dataset):
-        out += ["", f"## {' '.join(dataset.split())}"]
+        out += ["", f"## {_text(dataset)}"]
         for title, view in _views(by_dataset[dataset]):
             out.append("")
             if title:
-                out += [f"### {' '.join(title.split())}", ""]
+                out += [f"### {_text(title)}", ""]
             out += _table(view)
             out += _footer(view)
     if reported:
@@ -409,25 +423,27 @@ _RENDERERS = {"md": render_markdown, "json": render_json, "csv": render_csv}
 def render(results_dir: str | Path, fmt: str) -> str:
     """Load, aggregate and render the records under ``results_dir`` as ``md``, ``json`` or ``csv``.
 
+    A file that is not a valid record is skipped with a one-line warning on stderr.
+
     Raises:
-        UserError: unknown format, or an invalid record file.
+        UserError: unknown format.
     """
     if fmt not in _RENDERERS:
         raise UserError(f"unknown leaderboard format '{fmt}' (valid: {', '.join(FORMATS)})")
-    return _RENDERERS[fmt](aggregate(load_records(results_dir)))
+    return _RENDERERS[fmt](aggregate(load_records(results_dir, skip_bad=True)))
 
 
 def write_board(leaderboard_dir: str | Path, html: bool = False) -> Path:
     """Render ``<leaderboard_dir>/results`` into ``<leaderboard_dir>/LEADERBOARD.md`` atomically.
 
     With ``html=True`` also write the static page ``<leaderboard_dir>/index.html``. Returns the
-    markdown file's path.
+    markdown file's path. A file that is not a valid record is skipped with one warning line.
     """
     leaderboard_dir = Path(leaderboard_dir)
-    text = render(leaderboard_dir / "results", "md")
-    path = atomic_write_text(leaderboard_dir / "LEADERBOARD.md", text)
+    rows = aggregate(load_records(leaderboard_dir / "results", skip_bad=True))
+    path = atomic_write_text(leaderboard_dir / "LEADERBOARD.md", render_markdown(rows))
     if html:
-        from .html import write_html
+        from .html import render_html
 
-        write_html(leaderboard_dir)
+        atomic_write_text(leaderboard_dir / "index.html", render_html(rows))
     return path

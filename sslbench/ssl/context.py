@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import NONNEG_INT, POS_INT, POSITIVE, PROB, OneOf, checked
 from ..errors import UserError
 from .augment import Normalize
 from .base import SSLMethod, StepInfo, register_method
@@ -238,16 +239,20 @@ class ContextPrediction(SSLMethod):
 
     @dataclass
     class Config:
-        patch: Optional[int] = None  # None: from the image size (32 px -> 8)
-        gap: Optional[int] = None  # None: from the image size (32 px -> 3)
-        jitter: Optional[int] = None  # None: from the image size (32 px -> ±1)
-        patch_input_size: Optional[int] = None  # None: native, rounded up to the ViT patch
-        pairs: str = "center_both"  # center | center_both | all
+        # None: from the image size (32 px -> 8)
+        patch: Optional[int] = checked(POS_INT.or_null("for the image size's default"), None)
+        # None: from the image size (32 px -> 3)
+        gap: Optional[int] = checked(POS_INT.or_null("for the image size's default"), None)
+        # None: from the image size (32 px -> ±1)
+        jitter: Optional[int] = checked(NONNEG_INT.or_null("for the image size's default"), None)
+        # None: native, rounded up to the ViT patch
+        patch_input_size: Optional[int] = checked(POS_INT.or_null("for the patch size"), None)
+        pairs: str = checked(OneOf(PAIRINGS), "center_both")  # center | center_both | all
         color_drop: bool = True  # official code's colour dropping
-        pixelate_p: float = 1 / 3  # official code; no-op on patches <= 10 px
+        pixelate_p: float = checked(PROB, 1 / 3)  # official code; no-op on patches <= 10 px
         patch_norm: bool = True  # per-patch mean removal + RMS normalisation
-        patch_rms: float = 1.0
-        head_hidden_dim: int = 1024
+        patch_rms: float = checked(POSITIVE, 1.0)
+        head_hidden_dim: int = checked(POS_INT, 1024)
         head_batch_norm: bool = True
 
     def __init__(self, backbone, cfg, data) -> None:

@@ -41,7 +41,7 @@ Deviations from the official code:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -49,6 +49,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
+from ..config import (CROP_SCALE, EMA, JITTER, NONNEG, NONNEG_INT, POS_INT, POSITIVE, PROB,
+                      ListOf, checked)
 from ..distributed import all_reduce_mean
 from ..errors import UserError
 from ..schedules import cosine_momentum
@@ -191,33 +193,43 @@ class DINO(SSLMethod):
 
     @dataclass
     class Config:
-        out_dim: int = 4096  # K prototypes: solo-learn CIFAR; 65536 in the official ViT code
-        head_hidden_dim: int = 2048
-        head_bottleneck_dim: int = 256
-        head_layers: int = 3
+        # K prototypes: solo-learn CIFAR; 65536 in the official ViT code
+        out_dim: int = checked(POS_INT, 4096)
+        head_hidden_dim: int = checked(POS_INT, 2048)
+        head_bottleneck_dim: int = checked(POS_INT, 256)
+        head_layers: int = checked(POS_INT, 3)
         head_batch_norm: bool = False  # off for ViTs (official default)
         norm_last_layer: bool = True  # freeze weight_g = 1 (official ViT-B; False for ViT-S)
-        student_temp: float = 0.1
-        teacher_temp: float = 0.07  # > 0.07 is unstable (official help)
-        warmup_teacher_temp: float = 0.04
-        warmup_teacher_temp_epochs: int = 30  # official "boost" (solo-learn CIFAR now: 0)
-        center_momentum: float = 0.9
-        momentum_teacher: float = 0.996  # cosine to momentum_teacher_final, per step
-        momentum_teacher_final: float = 1.0
-        freeze_last_layer: int = 1  # epochs during which the prototypes get no update
-        clip_grad: Optional[float] = 3.0  # per-parameter grad-norm clip; null / 0 disables
-        num_local_crops: int = 8
-        global_crop_scale: Optional[list[float]] = None  # None: (0.4, 1), or (0.14, 1) if L = 0
-        local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
-        local_crop_size: Optional[int] = None  # None: 96 at >= 224 px, else image_size // 2
-        jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])
-        color_p: float = 0.8
-        gray_p: float = 0.2
-        invert_p: float = 0.0  # not in the paper: per-view colour inversion (augment.simclr_view)
-        flip_p: float = 0.5
-        global_blur_p: list[float] = field(default_factory=lambda: [0.0, 0.0])  # 224: [1, 0.1]
-        local_blur_p: float = 0.0  # 224 px: 0.5
-        solarize_p: float = 0.2  # second global crop only
+        student_temp: float = checked(POSITIVE, 0.1)
+        teacher_temp: float = checked(POSITIVE, 0.07)  # > 0.07 is unstable (official help)
+        warmup_teacher_temp: float = checked(POSITIVE, 0.04)
+        # official "boost" (solo-learn CIFAR now: 0)
+        warmup_teacher_temp_epochs: int = checked(NONNEG_INT, 30)
+        center_momentum: float = checked(EMA, 0.9)
+        # cosine to momentum_teacher_final, per step
+        momentum_teacher: float = checked(EMA, 0.996)
+        momentum_teacher_final: float = checked(EMA, 1.0)
+        # epochs during which the prototypes get no update
+        freeze_last_layer: int = checked(NONNEG_INT, 1)
+        # per-parameter grad-norm clip; null / 0 disables
+        clip_grad: Optional[float] = checked(NONNEG.or_null("for no clipping"), 3.0)
+        num_local_crops: int = checked(NONNEG_INT, 8)
+        # None: (0.4, 1), or (0.14, 1) if L = 0
+        global_crop_scale: Optional[list[float]] = checked(CROP_SCALE.or_null("for the default"),
+                                                           None)
+        local_crop_scale: list[float] = checked(CROP_SCALE, factory=lambda: [0.05, 0.4])
+        # None: 96 at >= 224 px, else image_size // 2
+        local_crop_size: Optional[int] = checked(POS_INT.or_null("for the default"), None)
+        jitter: list[float] = checked(JITTER, factory=lambda: [0.4, 0.4, 0.2, 0.1])
+        color_p: float = checked(PROB, 0.8)
+        gray_p: float = checked(PROB, 0.2)
+        # not in the paper: per-view colour inversion (augment.simclr_view)
+        invert_p: float = checked(PROB, 0.0)
+        flip_p: float = checked(PROB, 0.5)
+        # one per global crop; 224 px: [1, 0.1]
+        global_blur_p: list[float] = checked(ListOf(PROB, length=2), factory=lambda: [0.0, 0.0])
+        local_blur_p: float = checked(PROB, 0.0)  # 224 px: 0.5
+        solarize_p: float = checked(PROB, 0.2)  # second global crop only
 
     def __init__(self, backbone, cfg, data) -> None:
         super().__init__(backbone, cfg, data)

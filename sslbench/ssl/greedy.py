@@ -62,6 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..config import POS_INT, OneOf, checked
 from ..errors import UserError, did_you_mean
 from .augment import Normalize, simclr_view
 from .base import DataSpec, SSLMethod, StepInfo, register_method
@@ -125,9 +126,10 @@ class GreedyLocal(SSLMethod):
         """SimCLR's temperature, head and view settings (inherited, same defaults), plus the
         fields below. ``proj_hidden_dim: None`` means each head's own input width."""
 
-        num_stages: int = 4  # ResNet: groups of layer1..4 (<= 4); ViT: groups of blocks
+        num_stages: int = checked(POS_INT, 4)  # ResNet: groups of layer1..4 (<= 4); ViT: blocks
         overlap: bool = False  # False: GIM-style isolated stages; True: LoCo blocks (S_i, S_i+1)
-        objective: str = "nt_xent"  # key of OBJECTIVES: (z1, z2) -> loss on each stage's head
+        # key of OBJECTIVES: (z1, z2) -> loss on each stage's head
+        objective: str = checked(OneOf(lambda: OBJECTIVES), "nt_xent")
 
     # SimCLR's two-view pipeline, unchanged: it only reads ``self.normalize`` / ``self.augment``,
     # which __init__ builds exactly as SimCLR does.

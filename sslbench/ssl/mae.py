@@ -36,7 +36,7 @@ Deviations from the paper / official code (and why):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional, Sequence
 
@@ -47,6 +47,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..config import CROP_SCALE, OPEN_UNIT, POS_INT, POSITIVE, PROB, checked
 from ..errors import UserError
 from .augment import Normalize
 from .base import DataSpec, SSLMethod, StepInfo, register_method
@@ -253,15 +254,17 @@ class MAE(SSLMethod):
 
     @dataclass
     class Config:
-        mask_ratio: float = 0.75
+        # the loss averages over the masked patches: some must be masked, some kept
+        mask_ratio: float = checked(OPEN_UNIT, 0.75)
         norm_pix_loss: bool = True
-        decoder_dim: int = 512  # paper / solo-learn CIFAR: 512 x 8 blocks x 16 heads
-        decoder_depth: int = 8
-        decoder_heads: int = 16
-        decoder_mlp_ratio: float = 4.0
+        # paper / solo-learn CIFAR: 512 x 8 blocks x 16 heads
+        decoder_dim: int = checked(POS_INT, 512)
+        decoder_depth: int = checked(POS_INT, 8)
+        decoder_heads: int = checked(POS_INT, 16)
+        decoder_mlp_ratio: float = checked(POSITIVE, 4.0)
         # paper (0.2, 1); solo-learn's 32 px config uses (0.08, 1)
-        crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
-        flip_p: float = 0.5
+        crop_scale: list[float] = checked(CROP_SCALE, factory=lambda: [0.2, 1.0])
+        flip_p: float = checked(PROB, 0.5)
         reinit_encoder: bool = True  # official init; false keeps loaded backbone weights
 
     test_overrides = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}

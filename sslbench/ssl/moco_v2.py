@@ -37,7 +37,7 @@ method by design (its resume check holds; see ``tests/test_ssl/test_moco_v2.py``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from ..config import CROP_SCALE, EMA, JITTER, POS_INT, POSITIVE, PROB, checked
 from ..distributed import gather_no_grad, is_dist, rank, world_size
 from ..errors import UserError
 from ..schedules import cosine_momentum
@@ -160,20 +161,24 @@ class MoCoV2(SSLMethod):
 
     @dataclass
     class Config:
-        temperature: float = 0.1  # CIFAR demo; 0.2 on ImageNet (v2)
-        queue_size: int = 4096  # K (CIFAR demo); 65536 on ImageNet
-        momentum: float = 0.99  # m (CIFAR demo); 0.999 on ImageNet
-        momentum_end: Optional[float] = None  # None: constant m; else cosine m → momentum_end
-        proj_hidden_dim: Optional[int] = None  # None: the backbone's feature dim (v2 --mlp)
-        proj_dim: int = 128
-        num_splits: int = 8  # SplitBatchNorm chunks (Shuffle-BN on one device); 1 = plain BN
+        temperature: float = checked(POSITIVE, 0.1)  # CIFAR demo; 0.2 on ImageNet (v2)
+        queue_size: int = checked(POS_INT, 4096)  # K (CIFAR demo); 65536 on ImageNet
+        momentum: float = checked(EMA, 0.99)  # m (CIFAR demo); 0.999 on ImageNet
+        # None: constant m; else cosine m → momentum_end
+        momentum_end: Optional[float] = checked(EMA.or_null("for a constant momentum"), None)
+        # None: the backbone's feature dim (v2 --mlp)
+        proj_hidden_dim: Optional[int] = checked(POS_INT.or_null("for the feature dim"), None)
+        proj_dim: int = checked(POS_INT, 128)
+        # SplitBatchNorm chunks (Shuffle-BN on one device); 1 = plain BN
+        num_splits: int = checked(POS_INT, 8)
         symmetric: bool = False  # solo-learn MoCo v2+ symmetric loss with one queue per view
-        crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-        jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
-        blur_p: float = 0.0  # off at 32 px; 0.5 at 224 px ("aug+")
-        flip_p: float = 0.5
-        gray_p: float = 0.2
-        invert_p: float = 0.0  # not in the paper: per-view colour inversion (augment.simclr_view)
+        crop_scale: list[float] = checked(CROP_SCALE, factory=lambda: [0.08, 1.0])
+        jitter: list[float] = checked(JITTER, factory=lambda: [0.4, 0.4, 0.4, 0.1])
+        blur_p: float = checked(PROB, 0.0)  # off at 32 px; 0.5 at 224 px ("aug+")
+        flip_p: float = checked(PROB, 0.5)
+        gray_p: float = checked(PROB, 0.2)
+        # not in the paper: per-view colour inversion (augment.simclr_view)
+        invert_p: float = checked(PROB, 0.0)
 
     def __init__(self, backbone, cfg, data) -> None:
         super().__init__(backbone, cfg, data)

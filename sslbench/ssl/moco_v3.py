@@ -31,12 +31,13 @@ Defaults and deviations:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CROP_SCALE, EMA, JITTER, POS_INT, POSITIVE, PROB, checked
 from ..distributed import gather_no_grad, rank
 from ..schedules import cosine_momentum
 from .augment import Normalize, simclr_view
@@ -85,21 +86,22 @@ class MoCoV3(SSLMethod):
 
     @dataclass
     class Config:
-        temperature: float = 0.2
-        hidden_dim: int = 4096  # projector and predictor hidden width
-        proj_dim: int = 256
-        momentum: float = 0.99  # m0 of the cosine schedule
-        momentum_end: float = 1.0
+        temperature: float = checked(POSITIVE, 0.2)
+        hidden_dim: int = checked(POS_INT, 4096)  # projector and predictor hidden width
+        proj_dim: int = checked(POS_INT, 256)
+        momentum: float = checked(EMA, 0.99)  # m0 of the cosine schedule
+        momentum_end: float = checked(EMA, 1.0)
         stop_grad_conv1: bool = True  # ViTs: frozen random patch embedding
-        crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-        jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])
-        blur_p1: float = 0.0  # paper (224 px): 1.0; off at 32 px
-        blur_p2: float = 0.0  # paper (224 px): 0.1; off at 32 px
-        solarize_p1: float = 0.0
-        solarize_p2: float = 0.2
-        flip_p: float = 0.5
-        gray_p: float = 0.2
-        invert_p: float = 0.0  # not in the paper: per-view colour inversion (augment.simclr_view)
+        crop_scale: list[float] = checked(CROP_SCALE, factory=lambda: [0.08, 1.0])
+        jitter: list[float] = checked(JITTER, factory=lambda: [0.4, 0.4, 0.2, 0.1])
+        blur_p1: float = checked(PROB, 0.0)  # paper (224 px): 1.0; off at 32 px
+        blur_p2: float = checked(PROB, 0.0)  # paper (224 px): 0.1; off at 32 px
+        solarize_p1: float = checked(PROB, 0.0)
+        solarize_p2: float = checked(PROB, 0.2)
+        flip_p: float = checked(PROB, 0.5)
+        gray_p: float = checked(PROB, 0.2)
+        # not in the paper: per-view colour inversion (augment.simclr_view)
+        invert_p: float = checked(PROB, 0.0)
 
     def __init__(self, backbone, cfg, data) -> None:
         super().__init__(backbone, cfg, data)

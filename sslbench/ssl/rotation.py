@@ -24,13 +24,14 @@ Deviations from the paper / official code:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CROP_SCALE, NONNEG_INT, PROB, OneOf, checked
 from ..errors import UserError
 from .augment import Normalize
 from .base import SSLMethod, StepInfo, register_method
@@ -94,10 +95,11 @@ class RotNet(SSLMethod):
 
     @dataclass
     class Config:
-        crop: str = "auto"  # auto (pad at <= 64 px, rrc above) | pad | rrc
-        crop_padding: int = 4  # RandomCrop(32, padding=4) of the official CIFAR loader
-        crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # rrc only
-        flip_p: float = 0.5
+        crop: str = checked(OneOf(CROPS), "auto")  # auto (pad at <= 64 px, rrc above) | pad | rrc
+        # RandomCrop(32, padding=4) of the official CIFAR loader
+        crop_padding: int = checked(NONNEG_INT, 4)
+        crop_scale: list[float] = checked(CROP_SCALE, factory=lambda: [0.08, 1.0])  # rrc only
+        flip_p: float = checked(PROB, 0.5)
 
     def __init__(self, backbone, cfg, data) -> None:
         super().__init__(backbone, cfg, data)

@@ -12,13 +12,14 @@ no blur and colour strength 0.5 (official README for CIFAR-10).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import CROP_SCALE, NONNEG, POS_INT, POSITIVE, PROB, checked
 from ..distributed import gather_with_grad, rank
 from .augment import Normalize, simclr_view
 from .base import SSLMethod, StepInfo, register_method
@@ -64,14 +65,15 @@ class SimCLR(SSLMethod):
 
     @dataclass
     class Config:
-        temperature: float = 0.5  # official CIFAR-10 recipe; ImageNet uses 0.1
-        proj_hidden_dim: Optional[int] = None  # None: the backbone's feature dim (paper v1)
-        proj_dim: int = 128
+        temperature: float = checked(POSITIVE, 0.5)  # official CIFAR-10 recipe; ImageNet: 0.1
+        # None: the backbone's feature dim (paper v1)
+        proj_hidden_dim: Optional[int] = checked(POS_INT.or_null("for the feature dim"), None)
+        proj_dim: int = checked(POS_INT, 128)
         head_batch_norm: bool = True
-        crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-        color_strength: float = 0.5  # 0.5 at 32 px, 1.0 at 224 px
-        blur_p: float = 0.0  # off at 32 px (hurts); 0.5 at 224 px
-        flip_p: float = 0.5
+        crop_scale: list[float] = checked(CROP_SCALE, factory=lambda: [0.08, 1.0])
+        color_strength: float = checked(NONNEG, 0.5)  # 0.5 at 32 px, 1.0 at 224 px
+        blur_p: float = checked(PROB, 0.0)  # off at 32 px (hurts); 0.5 at 224 px
+        flip_p: float = checked(PROB, 0.5)
 
     def __init__(self, backbone, cfg, data) -> None:
         super().__init__(backbone, cfg, data)

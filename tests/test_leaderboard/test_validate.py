@@ -15,7 +15,7 @@ from sslbench.cli import main
 from sslbench.errors import UserError
 from sslbench.leaderboard import validate_dir
 from sslbench.leaderboard.record import (
-    FIELD_TYPES, OPTIONAL_FIELDS, REQUIRED_FIELDS, record_path, validate_record, write_record,
+    REQUIRED_FIELDS, record_path, schema_problems, validate_record, write_record,
 )
 from sslbench.leaderboard.store import load_records
 
@@ -77,7 +77,8 @@ def test_cli_reports_problems_and_exits_2(board: Path, capsys) -> None:
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
     assert lines[0].startswith(str(board / "results" / "embedded" / "junk.json") + ": ")
-    assert "kind 'guessed'" in lines[1]
+    assert lines[1].endswith("""field 'kind' must be "measured" (run here) or "reported" """
+                             """(copied from a paper), got "guessed\"""")
     assert lines[2].startswith("2 problem(s) in 3 record file(s)")
 
 
@@ -93,14 +94,19 @@ def test_results_dir_itself_can_be_validated(board: Path) -> None:
     assert validate_dir(board / "results") == []
 
 
-def test_hidden_and_temp_files_are_ignored(board: Path) -> None:
+def test_temp_files_are_ignored_and_hidden_records_reported(board: Path) -> None:
+    """Atomic-write temp files end in ``.tmp``; a hidden ``*.json`` (e.g. from a recipe named
+    ``.hid.yaml``) would be skipped by the board, so validate names it."""
     (board / "results" / "embedded" / ".x.json.tmp").write_text("{half")
-    (board / "results" / "embedded" / ".partial.json").write_text("{half")
     assert validate_dir(board) == []
-
-
-def test_field_types_cover_the_schema() -> None:
-    assert set(FIELD_TYPES) == set(REQUIRED_FIELDS) | set(OPTIONAL_FIELDS)
+    hidden = board / "results" / "embedded" / ".hid__simclr__resnet18__linear__seed0__ev0.json"
+    hidden.write_text(json.dumps(make_record()))
+    assert only_problem(board, hidden).startswith("hidden file: the board skips it")
+    hidden.unlink()
+    in_hidden_dir = board / "results" / ".cache" / "x.json"
+    in_hidden_dir.parent.mkdir()
+    in_hidden_dir.write_text("{}")
+    assert only_problem(board, in_hidden_dir).startswith("hidden file")
 
 
 # ----------------------------------------------------------------------------- one test per kind
@@ -129,12 +135,12 @@ def test_duplicate_json_key_in_one_object(board: Path) -> None:
     assert only_problem(board, path) == "key 'method' appears twice in one JSON object"
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [3, 0, "1", None, True])
 def test_unknown_schema_version(board: Path, version: Any) -> None:
     path = good_file(board)
     rewrite(path, schema_version=version)
-    assert only_problem(board, path).startswith(
-        f"unknown schema_version {json.dumps(version)} (known: 1)")
+    assert only_problem(board, path) == (
+        f"unknown schema_version {json.dumps(version)} (known: 1, 2)")
 
 
 @pytest.mark.parametrize("field", REQUIRED_FIELDS)
@@ -148,17 +154,19 @@ def test_missing_required_field(board: Path, field: str) -> None:
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("method", 3, "field 'method' must be a string, got 3"),
+    ("method", 3, "field 'method' must be a safe name ("),
     ("seed", "0", "field 'seed' must be an integer"),
     ("seed", True, "field 'seed' must be an integer"),
     ("eval_seed", 0.5, "field 'eval_seed' must be an integer"),
-    ("metrics", [0.5], "field 'metrics' must be a mapping"),
+    ("metrics", [0.5], "field 'metrics' must be a non-empty mapping"),
     ("recipe", "quickstart", "field 'recipe' must be a mapping"),
-    ("pretrain", 5, "field 'pretrain' must be a mapping or null"),
-    ("run_id", 7, "field 'run_id' must be a string or null"),
-    ("wall_time_s", "fast", "field 'wall_time_s' must be a number or null"),
+    ("pretrain", 5, "field 'pretrain' must be a mapping or null, got 5"),
+    ("run_id", 7, "field 'run_id' must be a string or null, got 7"),
+    ("wall_time_s", "fast", 'field \'wall_time_s\' must be a number or null, got "fast"'),
     ("provenance", None, "field 'provenance' must be a mapping"),
-    ("source", 12, "field 'source' must be a string"),
+    ("source", 12, "field 'source' must be a non-empty string"),
+    ("backbone_family", ["resnet"], "field 'backbone_family' must be a string"),
+    ("protocol_settings", [], "field 'protocol_settings' must be a mapping"),
 ])
 def test_wrong_field_type(board: Path, field: str, value: Any, expected: str) -> None:
     path = good_file(board)
@@ -169,39 +177,44 @@ def test_wrong_field_type(board: Path, field: str, value: Any, expected: str) ->
 def test_recipe_name_must_be_text(board: Path) -> None:
     path = good_file(board)
     rewrite(path, recipe={"name": 3, "path": None, "sha256": None})
-    assert only_problem(board, path) == "field 'recipe.name' must be a string or null"
+    assert only_problem(board, path).startswith("field 'recipe.name' must be a safe name (")
+    assert only_problem(board, path).endswith(" or null, got 3")
 
 
 def test_unknown_kind(board: Path) -> None:
     path = good_file(board)
     rewrite(path, kind="simulated")
-    assert only_problem(board, path) == "kind 'simulated' is not one of measured, reported"
+    assert only_problem(board, path) == (
+        """field 'kind' must be "measured" (run here) or "reported" (copied from a paper), """
+        """got "simulated\"""")
 
 
-@pytest.mark.parametrize("value, expected", [
-    (1.5, "metric 'acc' = 1.5 is outside [0, 1]"),
-    (-0.01, "metric 'acc' = -0.01 is outside [0, 1]"),
-    (61.2, "metric 'acc' = 61.2 is outside [0, 1]"),
-    ("0.5", 'metric \'acc\' is not a finite number: "0.5"'),
-    (float("nan"), "metric 'acc' is not a finite number: NaN"),
-    (None, "metric 'acc' is not a finite number: null"),
+@pytest.mark.parametrize("value, shown", [
+    (1.5, "1.5"), (-0.01, "-0.01"), (61.2, "61.2"), ("0.5", '"0.5"'), (float("nan"), "NaN"),
+    (float("inf"), "Infinity"), (float("-inf"), "-Infinity"), (None, "null"), (True, "true"),
 ])
-def test_metric_out_of_range_or_not_a_number(board: Path, value: Any, expected: str) -> None:
+def test_metric_out_of_range_or_not_a_number(board: Path, value: Any, shown: str) -> None:
     path = good_file(board)
     rewrite(path, metrics={"acc": value, "ood_acc": 0.4})
-    assert only_problem(board, path) == expected
+    assert only_problem(board, path) == (
+        f"field 'metrics.acc' must be a finite number in [0, 1], got {shown}")
 
 
 def test_empty_metrics(board: Path) -> None:
     path = good_file(board)
     rewrite(path, metrics={})
-    assert only_problem(board, path) == "metrics must not be empty"
+    assert only_problem(board, path) == (
+        "field 'metrics' must be a non-empty mapping of metric name to accuracy in [0, 1], got {}")
 
 
 def test_created_must_be_a_timestamp(board: Path) -> None:
     path = good_file(board)
     rewrite(path, created="yesterday")
-    assert only_problem(board, path) == "field 'created' is not an ISO timestamp: 'yesterday'"
+    assert only_problem(board, path) == (
+        'field \'created\' must be an ISO 8601 timestamp, got "yesterday"')
+    rewrite(path, created="2026-13-45T00:00:00+00:00")  # the right shape, not a real date
+    assert only_problem(board, path) == (
+        'field \'created\' must be an ISO 8601 timestamp, got "2026-13-45T00:00:00+00:00"')
 
 
 def test_renamed_file(board: Path) -> None:
@@ -255,12 +268,13 @@ def test_label_fraction_is_part_of_the_key(board: Path) -> None:
     assert validate_dir(board) == []
 
 
-@pytest.mark.parametrize("fraction", [0, 1.5, "10%", None])
+@pytest.mark.parametrize("fraction", [0, 1.5, "10%", "x", None, float("nan"), True])
 def test_label_fraction_out_of_range(board: Path, fraction: Any) -> None:
     path = good_file(board)
     rewrite(path, protocol_settings={"solver": "lbfgs", "label_fraction": fraction})
-    assert only_problem(board, path).startswith(
-        "protocol_settings.label_fraction must be a number in (0, 1]")
+    assert only_problem(board, path) == (
+        f"field 'protocol_settings.label_fraction' must be a number in (0, 1], "
+        f"got {json.dumps(fraction)}")
 
 
 def test_reported_record_needs_a_source(board: Path) -> None:
@@ -271,9 +285,9 @@ def test_reported_record_needs_a_source(board: Path) -> None:
     assert validate_dir(board) == []
     rewrite(path, source=_DELETE)
     assert only_problem(board, path) == (
-        "reported record has no 'source' (the paper / table it is from)")
+        "missing field 'source' (reported records name the paper / table the figure is from)")
     rewrite(path, source="   ")
-    assert only_problem(board, path).startswith("reported record has no 'source'")
+    assert only_problem(board, path).startswith("field 'source' must be a non-empty string")
 
 
 def test_every_problem_is_one_line_per_file(board: Path) -> None:
@@ -288,14 +302,15 @@ def test_every_problem_is_one_line_per_file(board: Path) -> None:
 
 
 def test_source_is_optional_and_backward_compatible(tmp_path: Path) -> None:
+    assert validate_record is schema_problems  # the public name is the one schema check
     assert validate_record(make_record()) == []
     assert "source" not in make_record()
     assert validate_record(make_record(kind="reported")) == [
-        "reported records need a non-empty 'source' (where the figure is from)"]
+        "missing field 'source' (reported records name the paper / table the figure is from)"]
     assert validate_record(make_record(kind="reported", source="paper, Table 1")) == []
-    assert validate_record(make_record(kind="bogus"))[0].startswith("kind 'bogus'")
+    assert validate_record(make_record(kind="bogus"))[0].startswith("field 'kind' must be")
     bad = tmp_path / "results" / "x.json"
     bad.parent.mkdir(parents=True)
     bad.write_text(json.dumps(make_record(kind="reported")))
-    with pytest.raises(UserError, match="non-empty 'source'"):
+    with pytest.raises(UserError, match="missing field 'source'"):
         load_records(tmp_path / "results")

@@ -36,7 +36,7 @@ def test_kit_catches_a_method_that_leaks_gradient_into_its_teacher():
     """The kit must be able to fail: a 'teacher' left trainable but excluded from the optimiser,
     and a loss that never reaches the backbone."""
 
-    @register_method("_leaky")
+    @register_method("test_leaky")
     class Leaky(SSLMethod):
         families = ("resnet",)
 
@@ -56,9 +56,9 @@ def test_kit_catches_a_method_that_leaks_gradient_into_its_teacher():
             return {"loss": loss}
 
     try:
-        checks = {c.name: c for c in check_method("_leaky", ddp=False)}
+        checks = {c.name: c for c in check_method("test_leaky", ddp=False)}
     finally:
-        METHODS.unregister("_leaky")
+        METHODS.unregister("test_leaky")
     assert checks["grad_backbone"].ok is False
     assert checks["frozen"].ok is False
     assert isinstance(checks["build"], Check) and checks["build"].ok

@@ -55,13 +55,14 @@ Defaults and deviations from the paper (ImageNet, 224 px, ResNet-50):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import kornia.augmentation as K
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from sslbench.config import CROP_SCALE, JITTER, NONNEG, POS_INT, POSITIVE, PROB, checked
 from sslbench.distributed import is_dist, world_size
 from sslbench.ssl import SSLMethod, StepInfo
 from sslbench.ssl.augment import Normalize, simclr_view
@@ -146,19 +147,22 @@ class BarlowTwins(SSLMethod):
 
     @dataclass
     class Config:
-        proj_hidden_dim: int = 2048  # paper: 8192
-        proj_dim: int = 2048  # paper: 8192
-        lambd: float = 0.0051  # weight of the redundancy-reduction (off-diagonal) term
-        scale_loss: float = 0.1  # solo-learn CIFAR; the paper's loss is 1.0
-        crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-        jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])
-        gray_p: float = 0.2
-        invert_p: float = 0.0  # not in the paper: random colour inversion per view (see above)
-        blur_p1: float = 0.0  # paper (224 px): 1.0; off at 32 px
-        blur_p2: float = 0.0  # paper (224 px): 0.1; off at 32 px
-        solarize_p1: float = 0.0
-        solarize_p2: float = 0.2
-        flip_p: float = 0.5
+        # ``checked`` declares each value's domain; ``sslbench`` checks it when the recipe loads
+        proj_hidden_dim: int = checked(POS_INT, 2048)  # paper: 8192
+        proj_dim: int = checked(POS_INT, 2048)  # paper: 8192
+        # weight of the redundancy-reduction (off-diagonal) term
+        lambd: float = checked(NONNEG, 0.0051)
+        scale_loss: float = checked(POSITIVE, 0.1)  # solo-learn CIFAR; the paper's loss is 1.0
+        crop_scale: list[float] = checked(CROP_SCALE, factory=lambda: [0.08, 1.0])
+        jitter: list[float] = checked(JITTER, factory=lambda: [0.4, 0.4, 0.2, 0.1])
+        gray_p: float = checked(PROB, 0.2)
+        # not in the paper: random colour inversion per view (see above)
+        invert_p: float = checked(PROB, 0.0)
+        blur_p1: float = checked(PROB, 0.0)  # paper (224 px): 1.0; off at 32 px
+        blur_p2: float = checked(PROB, 0.0)  # paper (224 px): 0.1; off at 32 px
+        solarize_p1: float = checked(PROB, 0.0)
+        solarize_p2: float = checked(PROB, 0.2)
+        flip_p: float = checked(PROB, 0.5)
 
     def __init__(self, backbone, cfg, data) -> None:
         super().__init__(backbone, cfg, data)
