@@ -20,9 +20,9 @@ Each (cell, seed) pretrains into ``runs/<suite>/<recipe>-s<seed>`` — a fixed d
 killed cell resumes from its checkpoint — then evaluates and records like ``sslbench run``, into
 ``leaderboard.dir`` (default the local ``runs/leaderboard``). A cell is skipped when every record
 it writes exists there with the same identity (dataset contents, resolved config, seeds), so a
-fresh clone re-runs every cell; a cell another process holds (its lock) is skipped as busy. Cells are independent, so a
-cluster can run them in parallel with any launcher (one ``sslbench benchmark SUITE --only
-NAME`` or ``torchrun ... sslbench run`` per cell).
+fresh clone re-runs every cell; a cell another process holds (its lock) is skipped as busy.
+Cells are independent, so a cluster can run them in parallel with any launcher (one ``sslbench
+benchmark SUITE --only NAME`` or ``torchrun ... sslbench run`` per cell).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from typing import Optional
 
 import yaml
 
+from .config import RUNS_DIR
 from .errors import UserError
 from .identity import check_name
 
@@ -117,9 +118,7 @@ def run_suite(path: str | Path, only: Optional[str] = None, skip: Optional[str] 
     """Run (or list, with ``dry_run``) the suite's cells; returns (cell, status) pairs."""
     from .config import load_recipe
     from .leaderboard import write_board
-    from .run import evaluate, recipe_info, run
-
-    from .run import RunBusy, run_lock
+    from .run import RunBusy, evaluate, recipe_info, run, run_lock
 
     suite, cells = load_suite(path)
     check_name(suite, "suite name", f"fix 'name:' in {path}: it becomes the directory runs/<name>")
@@ -136,7 +135,7 @@ def run_suite(path: str | Path, only: Optional[str] = None, skip: Optional[str] 
             cfg.logging.group = suite
         info = recipe_info(cell.recipe)
         status = "done" if _done(cfg, info, cell.baselines) else "todo"
-        cell_dir = Path("runs") / suite / cell.name
+        cell_dir = Path(RUNS_DIR) / suite / cell.name
         if status == "todo" and not dry_run:
             try:
                 if cell.baselines:
@@ -154,7 +153,7 @@ def run_suite(path: str | Path, only: Optional[str] = None, skip: Optional[str] 
         if not quiet or dry_run:  # a dry run's listing is its output, even under --quiet
             print(f"[{len(out)}] {cell.name:<40} {status}", flush=True)
     if cfg is not None and any(s == "ran" for _, s in out):
-        from .tracking import log_leaderboard
+        from .leaderboard.wandb_table import log_leaderboard
 
         # the aggregated board as a wandb.Table in the suite's group (no-op with W&B off)
         log_leaderboard(cfg.leaderboard.dir, cfg.logging, group=cfg.logging.group)

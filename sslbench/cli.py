@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .config import BOARD_DIR, RUNS_DIR
 from .errors import UserError
 
 
@@ -25,18 +26,32 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sslbench", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+    _add_methods(sub)
+    _add_run_commands(sub)
+    _add_suite_commands(sub)
+    _add_method_tools(sub)
+    _add_leaderboard(sub)
+    return ap
 
+
+def _add_methods(sub: argparse._SubParsersAction) -> None:
+    """methods: list the registered methods."""
     p = sub.add_parser("methods", help="list registered methods (built-in and plugins)")
     p.add_argument("--plugins", nargs="*", default=[], help="plugin .py files to load first")
     _add_common(p)
 
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """pretrain | eval | run: one recipe or run directory."""
     p = sub.add_parser("pretrain", help="pretrain a method; writes a run directory")
     p.add_argument("target", help="recipe YAML, or an existing run directory to resume")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.add_argument("--out", help="run directory (default runs/<run-id>); resumes if it has a checkpoint")
+    p.add_argument("--out", help="run directory (default runs/<run-id>); resumes if it has a "
+                                 "checkpoint")
     _add_common(p)
 
-    p = sub.add_parser("eval", help="evaluate a run (or a baseline): probes, k-NN, fine-tuning, LP-FT")
+    p = sub.add_parser("eval", help="evaluate a run (or a baseline): probes, k-NN, "
+                                    "fine-tuning, LP-FT")
     p.add_argument("target", help="run directory, or a recipe YAML for --backbone baselines")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.add_argument("--protocol", default="all",
@@ -54,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<run-id>)")
     _add_common(p)
 
+
+def _add_suite_commands(sub: argparse._SubParsersAction) -> None:
+    """benchmark | wandb-sync: many runs at once."""
     p = sub.add_parser("benchmark", help="run a suite of recipes x seeds, skipping finished cells")
     p.add_argument("suite", help="suite YAML (e.g. recipes/suites/embedded.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every cell")
@@ -65,11 +83,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("wandb-sync", help="upload offline W&B runs (wandb sync) found under "
                                           "run directories")
-    p.add_argument("paths", nargs="*", default=["runs"], help="directories to search "
+    p.add_argument("paths", nargs="*", default=[RUNS_DIR], help="directories to search "
                                                               "(default runs)")
     p.add_argument("--dry-run", action="store_true", help="list the offline runs only")
     _add_common(p)
 
+
+def _add_method_tools(sub: argparse._SubParsersAction) -> None:
+    """check-method | new-method: for method authors."""
     p = sub.add_parser("check-method", help="run the conformance kit on a method "
                                             "(contract checks on tiny backbones, 2-process DDP)")
     p.add_argument("name", help="registered method name")
@@ -84,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="target directory (default ./sslbench-NAME); must not exist")
     _add_common(p)
 
+
+def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
+    """leaderboard: render | validate | compare | submit."""
     p = sub.add_parser("leaderboard", help="render the leaderboard from stored records, check "
                                            "them, compare two boards, or submit results to the "
                                            "committed board")
@@ -100,18 +124,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="write the rendered board (or the comparison) "
                                                  "to FILE, not stdout")
     p.add_argument("--metric", default="acc", help="compare: the metric to compare (default acc)")
-    p.add_argument("--to", default="leaderboard",
+    p.add_argument("--to", default=BOARD_DIR,
                    help="submit: destination board (default leaderboard, the committed one)")
     p.add_argument("--dry-run", action="store_true",
                    help="submit: print what would change, write nothing")
-    p.add_argument("--dir", default="leaderboard", help="leaderboard directory (default leaderboard)")
+    p.add_argument("--dir", default=BOARD_DIR,
+                   help="leaderboard directory (default leaderboard)")
     p.add_argument("--write", action="store_true",
                    help="also (re)write <dir>/LEADERBOARD.md and <dir>/index.html")
     p.add_argument("--wandb", action="store_true",
                    help="also log the aggregated board as a wandb.Table (job_type leaderboard)")
     p.add_argument("--group", help="W&B group for --wandb (e.g. the suite name)")
     _add_common(p)
-    return ap
 
 
 def _load(target: str, overrides: list[str]):
@@ -135,7 +159,7 @@ def _run_dir(cfg, recipe, given: Optional[str], existing: Optional[Path]) -> Pat
         return existing
     if given:
         return Path(given)
-    return Path("runs") / default_run_id(cfg, recipe)
+    return Path(RUNS_DIR) / default_run_id(cfg, recipe)
 
 
 def cmd_methods(args) -> int:
@@ -258,7 +282,7 @@ def _render_board(args, directory: str) -> str:
         write_board(directory, html=True)
     if args.wandb:
         from .config import LoggingConfig
-        from .tracking import log_leaderboard
+        from .leaderboard.wandb_table import log_leaderboard
 
         from omegaconf import OmegaConf
 

@@ -27,6 +27,12 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from .errors import UserError, did_you_mean
 
 
+# -- where things go (every default directory name has its home here) -------------------------
+RUNS_DIR = "runs"  # run directories: runs/<run-id>, suite cells runs/<suite>/<cell>
+BOARD_DIR = "leaderboard"  # the committed board: changes only through `leaderboard submit`
+LOCAL_BOARD_DIR = f"{RUNS_DIR}/leaderboard"  # where run / eval / benchmark write by default
+
+
 # -- value domains -------------------------------------------------------------------------------
 
 def _fmt(value: Any) -> str:
@@ -240,8 +246,8 @@ def _sources() -> tuple[str, ...]:
 
 def _ood_kinds() -> tuple[str, ...]:
     from .datasets.ood import OOD_KINDS
-    from .datasets.sources import VALID_KINDS
-    return (*OOD_KINDS, *VALID_KINDS)
+    from .datasets.sources import path_sources
+    return (*OOD_KINDS, *path_sources())
 
 
 def _optimizers() -> tuple[str, ...]:
@@ -292,7 +298,6 @@ class DataConfig:
     train_split: str = "train"
     test_split: str = "test"
     ood_split: Optional[str] = "ood"  # evaluated when the dataset has it
-    val_split: Optional[str] = None  # None: carve eval.linear.val_fraction from train
     ood_sets: list[OODSetConfig] = field(default_factory=list)  # extra OOD evaluation sets
     image_key: Optional[str] = None  # HF column names (None: auto-detect)
     label_key: Optional[str] = None
@@ -329,7 +334,6 @@ class TrainConfig:
     # overrides epochs when set
     max_steps: Optional[int] = checked(POS_INT.or_null("to use train.epochs"), None)
     # informational; recipes size steps for their budget
-    time_budget_s: Optional[float] = checked(POSITIVE.or_null("for none"), None)
     seed: int = checked(NONNEG_INT, 0)
     # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     precision: str = checked(OneOf(("auto", "fp32", "bf16", "fp16")), "auto")
@@ -375,7 +379,7 @@ class LinearSGDConfig:
 @dataclass
 class FinetuneConfig:
     """``finetune``: full fine-tuning, MAE recipe sized for 32 px on CPU
-    (sslbench/eval/finetune.py documents every deviation from spec §11.3)."""
+    (sslbench/eval/finetune.py documents every deviation from docs/methods.md#fine-tuning)."""
     # optimisation steps per lr of the grid, whatever the label fraction
     steps: int = checked(POS_INT, 150)
     batch_size: int = checked(POS_INT, 128)
@@ -403,7 +407,6 @@ class LPFTConfig(FinetuneConfig):
     the fine-tuning pipeline with BN in eval mode (Kumar et al. 2022). Same lr grid as
     ``finetune``, chosen on validation: the two protocols differ only in head init and BN mode
     (a grid 3x lower left LP-FT at the probe's accuracy in 150 steps)."""
-    lr_grid: list[float] = checked(LR_GRID, factory=lambda: [1e-3, 3e-3])
     bn_eval: bool = True  # the paper's main variant (lp_then_ft_valmode)
 
 
@@ -412,7 +415,6 @@ class SupervisedConfig(FinetuneConfig):
     """The ``supervised`` baseline: the backbone trained from random init on the same labelled
     subset by the fine-tuning pipeline, with a from-scratch budget (2x the fine-tuning steps)."""
     steps: int = checked(POS_INT, 300)
-    lr_grid: list[float] = checked(LR_GRID, factory=lambda: [1e-3, 3e-3])
 
 
 @dataclass
@@ -452,7 +454,7 @@ class LeaderboardConfig:
     # results under <dir>/results, board at <dir>/LEADERBOARD.md. The default is local and
     # git-ignored; the committed board (leaderboard/) changes only through
     # `sslbench leaderboard submit` or an explicit leaderboard.dir=leaderboard.
-    dir: str = "runs/leaderboard"
+    dir: str = LOCAL_BOARD_DIR
     render: bool = True
 
 

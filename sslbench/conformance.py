@@ -37,6 +37,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
+from .engine import train_step as engine_step
+from .ssl import METHODS, StepInfo
+
 TINY_BACKBONES = {"resnet": "test_resnet", "vit": "test_vit"}
 BATCH = 32
 
@@ -58,7 +61,6 @@ class Check:
 def tiny_config(name: str, family: str, plugins: Sequence[str] = (), seed: int = 0):
     """The resolved run config the kit uses: tiny backbone, the method's ``test_overrides``."""
     from .config import load_recipe
-    from .ssl import METHODS
 
     overrides = [f"method.name={name}", f"backbone.name={TINY_BACKBONES[family]}",
                  "optim.name=adamw", f"train.seed={seed}"]
@@ -90,16 +92,10 @@ def sample_images(n: int = BATCH) -> torch.Tensor:
 
 
 def train_step(method, opt, views, info, seed: int, model=None) -> float:
-    """One optimisation step in the engine's order (hooks included)."""
+    """One optimisation step on fixed ``views`` (:func:`sslbench.engine.train_step`, hooks
+    included), after seeding torch's RNG with ``seed``; returns the loss."""
     torch.manual_seed(seed)
-    method.before_step(info)
-    loss = (model or method)(views, info)["loss"]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    method.after_backward(info)
-    opt.step()
-    method.after_step(info)
-    return float(loss.detach())
+    return float(engine_step(method, opt, info, views=views, model=model)["loss"].detach())
 
 
 def _leaves(views: Any) -> list[torch.Tensor]:
@@ -148,155 +144,171 @@ def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> Optional[str]:
 
 # -- the checks ---------------------------------------------------------------------------------
 
-def _check_family(name: str, family: str, plugins: Sequence[str]) -> list[Check]:
-    from .ssl import METHODS, StepInfo
+@dataclass
+class _Subject:
+    """The method under test and what the checks hand on to each other."""
 
-    out: list[Check] = []
+    name: str
+    family: str
+    plugins: Sequence[str]
+    method: Any = None
+    opt: Any = None
+    views: Any = None
+    loss0: Optional[float] = None
+    twin: Optional[tuple[Any, Any]] = None  # a second build, stepped like ``method``
 
-    def record(check: str, fn: Callable[[], Optional[str]]) -> bool:
-        try:
-            detail = fn()
-        except Exception as e:  # a check that raises fails, with the error as the detail
-            last = traceback.extract_tb(e.__traceback__)[-1]
-            out.append(Check(check, family, False, f"{type(e).__name__}: {e} "
-                                                   f"({os.path.basename(last.filename)}:"
-                                                   f"{last.lineno})"))
-            return False
-        if detail and detail.startswith("skipped"):
-            out.append(Check(check, family, None, detail))
-            return True
-        out.append(Check(check, family, detail is None, detail or ""))
-        return detail is None
+    def build(self, seed: int = 0):
+        return build(self.name, self.family, self.plugins, seed)
 
-    cls = METHODS.get(name)
-    state: dict[str, Any] = {}
 
-    def c_build():
-        state["method"], state["opt"] = build(name, family, plugins)
-        return None
+_STEP0 = StepInfo(0, 8, 4)
 
-    if not record("build", c_build):
-        return out
-    method, opt = state["method"], state["opt"]
+
+def _c_build(s: _Subject) -> Optional[str]:
+    s.method, s.opt = s.build()
+    return None
+
+
+def _c_views(s: _Subject) -> Optional[str]:
     x = sample_images()
+    torch.manual_seed(0)
+    views = s.method.make_views(x.clone())
+    leaves = _leaves(views)
+    if not leaves:
+        return f"make_views returned {type(views).__name__} with no tensors"
+    for i, v in enumerate(leaves):
+        if not v.is_floating_point():
+            return f"view {i} is not a float tensor"
+        if v.shape[0] % BATCH:
+            return f"view {i} has leading size {v.shape[0]}, not a multiple of {BATCH}"
+    if not torch.equal(x, sample_images()):
+        return "make_views modified its uint8 input in place"
+    s.views = views
+    return None
 
-    def c_views():
-        torch.manual_seed(0)
-        views = method.make_views(x.clone())
-        leaves = _leaves(views)
-        if not leaves:
-            return f"make_views returned {type(views).__name__} with no tensors"
-        for i, v in enumerate(leaves):
-            if not v.is_floating_point():
-                return f"view {i} is not a float tensor"
-            if v.shape[0] % BATCH:
-                return f"view {i} has leading size {v.shape[0]}, not a multiple of {BATCH}"
-        if not torch.equal(x, sample_images()):
-            return "make_views modified its uint8 input in place"
-        state["views"] = views
-        return None
 
-    if not record("views", c_views):
-        return out
-    views = state["views"]
-    info0 = StepInfo(0, 8, 4)
+def _c_finite_loss(s: _Subject) -> Optional[str]:
+    """The first half of a step, checked piece by piece; the gradients stay for the next two
+    checks, and the weights are not stepped (``deterministic`` compares them)."""
+    method = s.method
+    torch.manual_seed(0)
+    method.before_step(_STEP0)
+    res = method(s.views, _STEP0)
+    if not isinstance(res, dict) or "loss" not in res:
+        return "forward must return a dict with a 'loss' entry"
+    loss = res["loss"]
+    if not torch.is_tensor(loss) or loss.ndim != 0:
+        return "loss must be a scalar tensor"
+    if not math.isfinite(float(loss.detach())):
+        return f"loss is {float(loss.detach())}"
+    s.loss0 = float(loss.detach())
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    method.after_backward(_STEP0)
+    return None
 
-    def c_loss():
-        torch.manual_seed(0)
-        method.before_step(info0)
-        res = method(views, info0)
-        if not isinstance(res, dict) or "loss" not in res:
-            return "forward must return a dict with a 'loss' entry"
-        loss = res["loss"]
-        if not torch.is_tensor(loss) or loss.ndim != 0:
-            return "loss must be a scalar tensor"
-        if not math.isfinite(float(loss.detach())):
-            return f"loss is {float(loss.detach())}"
-        state["loss0"] = float(loss.detach())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        method.after_backward(info0)
-        return None
 
-    if not record("finite_loss", c_loss):
-        return out
+def _c_grad_backbone(s: _Subject) -> Optional[str]:
+    total = sum(float(p.grad.abs().sum()) for p in s.method.backbone.parameters()
+                if p.grad is not None)
+    return None if total > 0 else "no backbone parameter received a gradient"
 
-    def c_grad_backbone():
-        total = sum(float(p.grad.abs().sum()) for p in method.backbone.parameters()
-                    if p.grad is not None)
-        return None if total > 0 else "no backbone parameter received a gradient"
 
-    record("grad_backbone", c_grad_backbone)
+def _c_frozen(s: _Subject) -> Optional[str]:
+    method = s.method
+    in_opt = {id(p) for g in s.opt.param_groups for p in g["params"]}
+    leaks = [n for n, p in method.named_parameters()
+             if p.grad is not None and (not p.requires_grad or id(p) not in in_opt)]
+    if leaks:
+        return f"parameters outside the optimiser received gradients: {leaks[:3]}"
+    ev = method.eval_backbone()
+    if ev is not method.backbone:
+        trainable = [n for n, p in ev.named_parameters() if p.requires_grad]
+        if trainable:
+            return f"eval_backbone() is a teacher with trainable parameters: {trainable[:3]}"
+    trainable = {id(p) for p in method.parameters() if p.requires_grad}
+    if in_opt != trainable:
+        return (f"the optimiser holds {len(in_opt)} tensors but {len(trainable)} are "
+                f"trainable (param_groups must return exactly the trainable ones)")
+    return None
 
-    def c_frozen():
-        in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
-        leaks = [n for n, p in method.named_parameters()
-                 if p.grad is not None and (not p.requires_grad or id(p) not in in_opt)]
-        if leaks:
-            return f"parameters outside the optimiser received gradients: {leaks[:3]}"
-        ev = method.eval_backbone()
-        if ev is not method.backbone:
-            trainable = [n for n, p in ev.named_parameters() if p.requires_grad]
-            if trainable:
-                return f"eval_backbone() is a teacher with trainable parameters: {trainable[:3]}"
-        trainable = {id(p) for p in method.parameters() if p.requires_grad}
-        if in_opt != trainable:
-            return (f"the optimiser holds {len(in_opt)} tensors but {len(trainable)} are "
-                    f"trainable (param_groups must return exactly the trainable ones)")
-        return None
 
-    record("frozen", c_frozen)
+def _c_deterministic(s: _Subject) -> Optional[str]:
+    # a second build under the same seed, put through the very same operations as the method
+    # in `finite_loss` (before_step + forward; MoCo's key encoders move inside forward): the
+    # same loss and bit-identical parameters
+    twin, twin_opt = s.twin = s.build()
+    torch.manual_seed(0)
+    twin.before_step(_STEP0)
+    b = float(twin(s.views, _STEP0)["loss"].detach())
+    if b != s.loss0:
+        return f"same seed, different loss: {s.loss0} vs {b}"
+    twin_params = dict(twin.named_parameters())
+    for k, v in s.method.named_parameters():
+        if not torch.equal(v, twin_params[k]):
+            return f"two builds under one seed differ in '{k}'"
+    return None
 
-    def c_deterministic():
-        # a second build under the same seed, put through the very same operations as
-        # `method` above (before_step + forward; EMA teachers move inside forward): the same
-        # loss and bit-identical parameters
-        twin, twin_opt = build(name, family, plugins)
-        state["twin"] = (twin, twin_opt)
-        torch.manual_seed(0)
-        twin.before_step(info0)
-        b = float(twin(views, info0)["loss"].detach())
-        if b != state["loss0"]:
-            return f"same seed, different loss: {state['loss0']} vs {b}"
-        twin_params = dict(twin.named_parameters())
-        for k, v in method.named_parameters():
-            if not torch.equal(v, twin_params[k]):
-                return f"two builds under one seed differ in '{k}'"
-        return None
 
-    record("deterministic", c_deterministic)
+def _c_decreases(s: _Subject) -> Optional[str]:
+    if METHODS.get(s.name).memory_bank_loss:
+        return "skipped: memory-bank loss (changes every step)"
+    losses = [train_step(s.method, s.opt, s.views, StepInfo(i, 8, 4), seed=i) for i in range(6)]
+    if not all(math.isfinite(v) for v in losses):
+        return f"non-finite loss: {losses}"
+    return None if losses[-1] < losses[0] else f"loss did not decrease: {losses}"
 
-    def c_decreases():
-        if cls.memory_bank_loss:
-            return "skipped: memory-bank loss (changes every step)"
-        losses = [train_step(method, opt, views, StepInfo(s, 8, 4), seed=s) for s in range(6)]
-        if not all(math.isfinite(v) for v in losses):
-            return f"non-finite loss: {losses}"
-        return None if losses[-1] < losses[0] else f"loss did not decrease: {losses}"
 
-    record("decreases", c_decreases)
+def _c_resume(s: _Subject) -> Optional[str]:
+    m, o = s.twin or s.build()
+    for i in range(3):
+        train_step(m, o, s.views, StepInfo(i, 8, 4), seed=i)
+    buf = io.BytesIO()
+    torch.save({"method": m.state_dict(), "opt": o.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    clone, clone_opt = s.build(seed=99)  # different init on purpose
+    clone.load_state_dict(saved["method"])
+    clone_opt.load_state_dict(saved["opt"])
+    info = StepInfo(3, 8, 4)
+    a = train_step(m, o, s.views, info, seed=123)
+    b = train_step(clone, clone_opt, s.views, info, seed=123)
+    if a != b:
+        return f"next-step loss differs after reload: {a} vs {b}"
+    return _states_equal(m, clone)
 
-    def c_resume():
-        m, o = state.get("twin") or build(name, family, plugins)
-        for s in range(3):
-            train_step(m, o, views, StepInfo(s, 8, 4), seed=s)
-        buf = io.BytesIO()
-        torch.save({"method": m.state_dict(), "opt": o.state_dict()}, buf)
-        buf.seek(0)
-        saved = torch.load(buf, weights_only=True)
-        clone, clone_opt = build(name, family, plugins, seed=99)  # different init on purpose
-        clone.load_state_dict(saved["method"])
-        clone_opt.load_state_dict(saved["opt"])
-        info = StepInfo(3, 8, 4)
-        a = train_step(m, o, views, info, seed=123)
-        b = train_step(clone, clone_opt, views, info, seed=123)
-        if a != b:
-            return f"next-step loss differs after reload: {a} vs {b}"
-        return _states_equal(m, clone)
 
-    record("resume", c_resume)
+# (name, check, whether a failure stops the family's remaining checks), in running order
+_CHECKS: list[tuple[str, Callable[[_Subject], Optional[str]], bool]] = [
+    ("build", _c_build, True), ("views", _c_views, True), ("finite_loss", _c_finite_loss, True),
+    ("grad_backbone", _c_grad_backbone, False), ("frozen", _c_frozen, False),
+    ("deterministic", _c_deterministic, False), ("decreases", _c_decreases, False),
+    ("resume", _c_resume, False)]
+
+
+def _run_check(check: str, family: str, fn: Callable[[_Subject], Optional[str]],
+               subject: _Subject) -> Check:
+    """A check returns None (ok), a detail (failed) or "skipped: ..."; one that raises fails,
+    with the error as the detail."""
+    try:
+        detail = fn(subject)
+    except Exception as e:
+        last = traceback.extract_tb(e.__traceback__)[-1]
+        return Check(check, family, False, f"{type(e).__name__}: {e} "
+                                           f"({os.path.basename(last.filename)}:{last.lineno})")
+    if detail and detail.startswith("skipped"):
+        return Check(check, family, None, detail)
+    return Check(check, family, detail is None, detail or "")
+
+
+def _check_family(name: str, family: str, plugins: Sequence[str]) -> list[Check]:
+    subject = _Subject(name, family, plugins)
+    out: list[Check] = []
+    for check, fn, required in _CHECKS:
+        out.append(_run_check(check, family, fn, subject))
+        if required and out[-1].ok is False:
+            break
     return out
-
 
 
 def _ddp_worker(rank: int, world: int, port: int, name: str, family: str,
@@ -304,7 +316,6 @@ def _ddp_worker(rank: int, world: int, port: int, name: str, family: str,
     import torch.distributed as dist
 
     from .registry import load_plugin_file
-    from .ssl import StepInfo
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -355,7 +366,6 @@ def check_method(name: str, families: Optional[Iterable[str]] = None, ddp: bool 
     """Run every check on every backbone family the method claims (or ``families``)."""
     from .errors import UserError
     from .registry import load_plugin_file
-    from .ssl import METHODS
 
     for p in plugins:
         load_plugin_file(p)

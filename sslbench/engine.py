@@ -1,10 +1,11 @@
 """The pretraining loop: plain PyTorch, in the MAE/DINO style.
 
-Each step, in this fixed order: set lr / weight decay (pure functions of the step) -> method
-hooks (before_step) -> views on the device -> autocast forward -> non-finite check (all ranks
-agree) -> backward -> after_backward -> optional clipping -> optimizer step -> after_step (EMA,
-queues, centres) -> log. Checkpoints are atomic and hold everything needed to continue
-bit-for-bit: model, optimizer, scaler, step, RNG states, accumulated wall time.
+Each step is :func:`train_step`, in the order of the method contract (``ssl/base.py``): set lr /
+weight decay (pure functions of the step) -> before_step -> views on the device -> autocast
+forward -> non-finite check (all ranks agree) -> backward -> after_backward -> optional clipping
+-> optimizer step -> after_step; then the loop logs. Checkpoints are atomic and hold everything
+needed to continue bit-for-bit: model, optimizer, scaler, step, RNG states, accumulated wall
+time.
 
 A checkpoint is committed to disk only once it is known to be good: at a checkpoint step the
 state is copied to memory, and written after the next step's forward pass on those weights gave
@@ -25,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -181,6 +182,62 @@ class _Progress:
             self.bar.close()
 
 
+def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """Every group's lr (times its ``lr_scale``) and, unless ``apply_wd`` is False, its weight
+    decay."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+        if g.get("apply_wd", True):
+            g["weight_decay"] = weight_decay
+
+
+def train_step(method: SSLMethod, optimizer: torch.optim.Optimizer, info: StepInfo, *,
+               images: Optional[torch.Tensor] = None, views: Any = None,
+               model: Optional[nn.Module] = None, device: Optional[torch.device] = None,
+               precision: str = "fp32", scaler: Optional[torch.amp.GradScaler] = None,
+               clip_grad: Optional[float] = None, lr_wd: Optional[tuple[float, float]] = None,
+               check: Optional[Callable[[torch.Tensor, StepInfo], None]] = None
+               ) -> dict[str, torch.Tensor]:
+    """One optimisation step, in the order of the method contract (``sslbench/ssl/base.py``)::
+
+        [lr / weight decay] -> before_step -> views -> autocast forward -> [check(loss)]
+        -> backward -> after_backward -> [global clipping] -> optimizer step -> after_step
+
+    The engine, the conformance kit and the tests all step through here. ``images`` (a uint8
+    batch, moved to ``device`` when given) go through ``make_views``; ``views`` made beforehand
+    skip it. ``model`` is what is called (the DDP wrapper; default the method). ``check`` sees
+    the loss before the backward pass and may raise (the engine's non-finite check). With a
+    ``scaler`` (fp16), hooks and clipping see unscaled gradients. Returns ``forward``'s dict."""
+    if lr_wd is not None:
+        set_lr_wd(optimizer, *lr_wd)
+    method.before_step(info)
+    if views is None:
+        views = method.make_views(images if device is None
+                                  else images.to(device, non_blocking=True))
+    with _autocast(device, precision):
+        out = (method if model is None else model)(views, info)
+    loss = out["loss"]
+    if check is not None:
+        check(loss, info)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        if scaler.is_enabled():  # fp16: hooks and clipping must see true gradients
+            scaler.unscale_(optimizer)
+    method.after_backward(info)
+    if clip_grad:
+        nn.utils.clip_grad_norm_(method.parameters(), clip_grad)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    method.after_step(info)
+    return out
+
+
 def fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device: torch.device,
         tracker: Tracker, quiet: bool = False) -> FitResult:
     """Pretrain ``method`` on ``train``; resumes from ``run_dir/checkpoint.pt`` when present.
@@ -204,46 +261,127 @@ def _fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device
     total, spe = total_steps(cfg, len(train))
     peak_lr = scaled_lr(ocfg.lr, global_batch, ocfg.lr_scaling)
     warmup = round(ocfg.warmup_epochs * spe)
+    method, model, optimizer, scaler = _prepare(method, cfg, device, precision)
+    ckpt = _Checkpoints(run_dir, method, optimizer, scaler, cfg)
+    start, wall_before, images_before, resumed_loss = ckpt.resume()
+    loader = _loader(train, cfg, start, total, device)
+    method.train()
+    progress = _Progress(start, total, quiet)
+    guard = _LossGuard(stop, ckpt)
+    t0, images, last_loss = time.perf_counter(), images_before, resumed_loss
+    log = _StepLog(tracker, tcfg.log_every, total, spe, t0, images)
+    try:
+        for step, (x, _) in enumerate(loader, start=start):
+            info = StepInfo(step=step, total_steps=total, steps_per_epoch=spe)
+            lr, wd = _lr_wd(ocfg, step, total, warmup, peak_lr)
+            out = train_step(method, optimizer, info, images=x, model=model, device=device,
+                             precision=precision, scaler=scaler, clip_grad=ocfg.clip_grad,
+                             lr_wd=(lr, wd), check=guard)
+            images += global_batch
+            last_loss = guard.loss
+            done = step + 1
+            now = time.perf_counter()
+            log(done, now, images, last_loss, lr, wd, out)
+            progress.update(loss=f"{last_loss:.3f}", lr=f"{lr:.3g}",
+                            img_s=f"{(images - images_before) / max(1e-9, now - t0):.0f}")
+            if guard.stop_requested:  # SIGTERM on some rank: every rank stops after this step
+                ckpt.commit(ckpt.snapshot(done, wall_before + now - t0, images, last_loss), done)
+                raise Preempted(done, ckpt.path, run_dir)
+            if done % tcfg.checkpoint_every == 0 and done < total:
+                ckpt.pending = (ckpt.snapshot(done, wall_before + now - t0, images, last_loss),
+                                done)
+    finally:
+        progress.close()
+    wall = wall_before + time.perf_counter() - t0
+    if start < total:
+        ckpt.commit(ckpt.snapshot(total, wall, images, last_loss), total)
+    if stop["set"]:  # SIGTERM after the last step's check: the final checkpoint is written
+        raise Preempted(total, ckpt.path, run_dir)
+    run_images = images - images_before
+    return FitResult(steps=total, images_seen=images, wall_time_s=wall,
+                     img_per_s=run_images / max(1e-9, wall - wall_before) if run_images else 0.0,
+                     final_loss=last_loss)
 
-    if is_dist() and tcfg.sync_bn and device.type == "cuda":
+
+def _prepare(method: SSLMethod, cfg: Any, device: torch.device, precision: str
+             ) -> tuple[SSLMethod, nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
+    """The method on ``device``, the module to call (the DDP wrapper when distributed), the
+    optimizer and the grad scaler (enabled for fp16 only)."""
+    if is_dist() and cfg.train.sync_bn and device.type == "cuda":
         # global BN (SimCLR) / SyncBN (MoCo v3, DINO): local BN statistics leak positives.
         # torch's SyncBatchNorm is GPU-only; CPU/gloo runs keep per-process BN.
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method.to(device)
-    groups = method.param_groups(ocfg.weight_decay)
-    optimizer = create_optimizer(groups, ocfg)
+    optimizer = create_optimizer(method.param_groups(cfg.optim.weight_decay), cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     model: nn.Module = method
     if is_dist():
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(method, device_ids=ids)
+    return method, model, optimizer, scaler
 
-    ckpt_path = run_dir / "checkpoint.pt"
-    start, wall_before, images_before, resumed_loss = 0, 0.0, 0, float("nan")
-    committed: Optional[int] = None  # the step of the checkpoint on disk
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
+
+def _loader(train: ImageDataset, cfg: Any, start: int, total: int,
+            device: torch.device) -> torch.utils.data.DataLoader:
+    sampler = StepBatches(len(train), cfg.train.batch_size, cfg.train.seed, start, total)
+    return torch.utils.data.DataLoader(train, sampler=sampler, batch_size=None,
+                                       num_workers=cfg.data.num_workers,
+                                       pin_memory=device.type == "cuda",
+                                       persistent_workers=False,
+                                       # own generator: iterator creation must not consume
+                                       # the global RNG (that would break exact resumption)
+                                       generator=torch.Generator().manual_seed(cfg.train.seed))
+
+
+def _lr_wd(ocfg: Any, step: int, total: int, warmup: int, peak_lr: float) -> tuple[float, float]:
+    """(lr, weight decay) of ``step``: pure functions of the step."""
+    lr = cosine_with_warmup(step, total, warmup, peak_lr, ocfg.min_lr)
+    wd = ocfg.weight_decay if ocfg.weight_decay_end is None else cosine_with_warmup(
+        step, total, 0, ocfg.weight_decay, ocfg.weight_decay_end)
+    return lr, wd
+
+
+class _Checkpoints:
+    """``run_dir/checkpoint.pt``: resuming from it, and committing a snapshot only once it is
+    known to be good (see the module docstring)."""
+
+    def __init__(self, run_dir: Path, method: SSLMethod, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, cfg: Any) -> None:
+        self.run_dir, self.path = run_dir, run_dir / "checkpoint.pt"
+        self.method, self.optimizer, self.scaler, self.cfg = method, optimizer, scaler, cfg
+        self.committed: Optional[int] = None  # the step of the checkpoint on disk
+        self.pending: Optional[tuple[dict[str, Any], int]] = None  # a snapshot awaiting its check
+
+    def resume(self) -> tuple[int, float, int, float]:
+        """Load the checkpoint on disk into the method, optimizer, scaler and RNG; returns its
+        (step, wall time, images seen, loss), or (0, 0.0, 0, nan) without one."""
+        if not self.path.is_file():
+            return 0, 0.0, 0, float("nan")
+        state = load_checkpoint(self.path)
         try:
-            method.load_state_dict(state["method"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
+            self.method.load_state_dict(state["method"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"][min(rank(), len(state["rng"]) - 1)])
-            start, wall_before = int(state["step"]), float(state["wall_time_s"])
-            images_before = int(state["images_seen"])
+            start, wall = int(state["step"]), float(state["wall_time_s"])
+            images = int(state["images_seen"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
-            raise UserError(f"{ckpt_path} does not fit this run's method and optimizer "
+            raise UserError(f"{self.path} does not fit this run's method and optimizer "
                             f"({reason}); delete it to restart training from step 0, or "
                             f"continue it with the config it was written with") from None
-        resumed_loss = float(state.get("loss", resumed_loss))
-        committed = start
-        _truncate_metrics(run_dir / "metrics.jsonl", start)
+        self.committed = start
+        _truncate_metrics(self.run_dir / "metrics.jsonl", start)
+        return start, wall, images, float(state.get("loss", float("nan")))
 
-    def snapshot(step: int, wall: float, images: int, loss: float) -> dict[str, Any]:
+    def hint(self) -> str:
+        return _resume_hint(self.path, self.committed, self.run_dir, self.cfg.optim.lr)
+
+    def snapshot(self, step: int, wall: float, images: int, loss: float) -> dict[str, Any]:
         """Everything a checkpoint of ``step`` holds, copied to the CPU (on rank 0; the other
         ranks contribute their RNG state). Every rank calls it at the same step. Raises
         TrainingError on all ranks when any rank's parameters or buffers are non-finite."""
-        model_state = method.state_dict()
+        model_state = self.method.state_dict()
         finite = _all_finite(model_state)
         rngs: list[Any] = [(rng_state(), finite)]
         if is_dist():
@@ -253,100 +391,66 @@ def _fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device
         if not all(ok for _, ok in rngs):
             raise TrainingError(
                 f"parameters or buffers became non-finite by step {step} (loss {loss:.4g}); "
-                f"training stopped. {_resume_hint(ckpt_path, committed, run_dir, ocfg.lr)}")
+                f"training stopped. {self.hint()}")
         if not is_main():
             return {}
-        return {"method": _cpu_copy(model_state), "optimizer": _cpu_copy(optimizer.state_dict()),
-                "scaler": _cpu_copy(scaler.state_dict()), "step": step,
+        return {"method": _cpu_copy(model_state),
+                "optimizer": _cpu_copy(self.optimizer.state_dict()),
+                "scaler": _cpu_copy(self.scaler.state_dict()), "step": step,
                 "rng": [r for r, _ in rngs], "wall_time_s": wall, "images_seen": images,
-                "loss": loss, "config": json.dumps(_plain(cfg))}
+                "loss": loss, "config": json.dumps(_plain(self.cfg))}
 
-    def commit(snap: dict[str, Any], step: int) -> None:
-        nonlocal committed
+    def commit(self, snap: dict[str, Any], step: int) -> None:
         if is_main():
-            save_checkpoint(ckpt_path, snap)
-        committed = step
+            save_checkpoint(self.path, snap)
+        self.committed = step
 
-    sampler = StepBatches(len(train), global_batch, tcfg.seed, start, total)
-    loader = torch.utils.data.DataLoader(train, sampler=sampler, batch_size=None,
-                                         num_workers=cfg.data.num_workers,
-                                         pin_memory=device.type == "cuda",
-                                         persistent_workers=False,
-                                         # own generator: iterator creation must not consume
-                                         # the global RNG (that would break exact resumption)
-                                         generator=torch.Generator().manual_seed(tcfg.seed))
-    method.train()
-    progress = _Progress(start, total, quiet)
-    t0, images, last_loss = time.perf_counter(), images_before, resumed_loss
-    t_log, img_log = t0, images
-    step = start
-    pending: Optional[tuple[dict[str, Any], int]] = None  # a snapshot awaiting its check
-    try:
-        for step, (x, _) in enumerate(loader, start=start):
-            info = StepInfo(step=step, total_steps=total, steps_per_epoch=spe)
-            lr = cosine_with_warmup(step, total, warmup, peak_lr, ocfg.min_lr)
-            wd = ocfg.weight_decay if ocfg.weight_decay_end is None else cosine_with_warmup(
-                step, total, 0, ocfg.weight_decay, ocfg.weight_decay_end)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
-                if g.get("apply_wd", True):
-                    g["weight_decay"] = wd
-            method.before_step(info)
-            x = x.to(device, non_blocking=True)
-            views = method.make_views(x)
-            with _autocast(device, precision):
-                out = model(views, info)
-            loss = out["loss"]
-            # one collective per step: the loss and whether any rank got SIGTERM
-            flag = torch.tensor(float(stop["set"]), device=loss.device)
-            loss_value, stop_frac = all_reduce_mean(
-                torch.stack([loss.detach().float().reshape(()), flag])).tolist()
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"loss is {loss_value} at step {step}; training stopped. "
-                    f"{_resume_hint(ckpt_path, committed, run_dir, ocfg.lr)}")
-            if pending is not None:  # its weights just gave a finite loss: keep it
-                commit(*pending)
-                pending = None
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if scaler.is_enabled():  # fp16: hooks and clipping must see true gradients
-                scaler.unscale_(optimizer)
-            method.after_backward(info)
-            if ocfg.clip_grad:
-                nn.utils.clip_grad_norm_(method.parameters(), ocfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            method.after_step(info)
-            images += global_batch
-            last_loss = loss_value
-            done = step + 1
-            now = time.perf_counter()
-            if done % tcfg.log_every == 0 or done == total:
-                ips = (images - img_log) / max(1e-9, now - t_log)
-                extras = {k: float(v) for k, v in out.items() if k != "loss"}
-                tracker.log({"train/loss": loss_value, "train/lr": lr, "train/wd": wd,
-                             "train/img_per_s": ips, "train/epoch": done / spe, **extras},
-                            step=done)
-                t_log, img_log = now, images
-            progress.update(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}",
-                            img_s=f"{(images - images_before) / max(1e-9, now - t0):.0f}")
-            if stop_frac > 0:  # SIGTERM on some rank: every rank stops after this step
-                commit(snapshot(done, wall_before + now - t0, images, loss_value), done)
-                raise Preempted(done, ckpt_path, run_dir)
-            if done % tcfg.checkpoint_every == 0 and done < total:
-                pending = (snapshot(done, wall_before + now - t0, images, loss_value), done)
-    finally:
-        progress.close()
-    wall = wall_before + time.perf_counter() - t0
-    if start < total:
-        commit(snapshot(total, wall, images, last_loss), total)
-    if stop["set"]:  # SIGTERM after the last step's check: the final checkpoint is written
-        raise Preempted(total, ckpt_path, run_dir)
-    run_images = images - images_before
-    return FitResult(steps=total, images_seen=images, wall_time_s=wall,
-                     img_per_s=run_images / max(1e-9, wall - wall_before) if run_images else 0.0,
-                     final_loss=last_loss)
+    def commit_pending(self) -> None:
+        """The pending snapshot's weights just gave a finite loss: keep it."""
+        if self.pending is not None:
+            self.commit(*self.pending)
+            self.pending = None
+
+
+class _LossGuard:
+    """The engine's ``check`` for :func:`train_step`: one collective per step averages the loss
+    and whether any rank got SIGTERM; a non-finite loss stops training (all ranks agree), a
+    finite one commits the pending checkpoint."""
+
+    def __init__(self, stop: dict[str, bool], ckpt: _Checkpoints) -> None:
+        self.stop, self.ckpt = stop, ckpt
+        self.loss, self.stop_requested = float("nan"), False
+
+    def __call__(self, loss: torch.Tensor, info: StepInfo) -> None:
+        flag = torch.tensor(float(self.stop["set"]), device=loss.device)
+        loss_value, stop_frac = all_reduce_mean(
+            torch.stack([loss.detach().float().reshape(()), flag])).tolist()
+        if not math.isfinite(loss_value):
+            raise TrainingError(f"loss is {loss_value} at step {info.step}; training stopped. "
+                                f"{self.ckpt.hint()}")
+        self.ckpt.commit_pending()
+        self.loss, self.stop_requested = loss_value, stop_frac > 0
+
+
+class _StepLog:
+    """Logs every ``log_every`` steps and at the last: loss, lr, wd, img/s since the previous
+    log line, epoch, and the method's extra scalars."""
+
+    def __init__(self, tracker: Tracker, every: int, total: int, spe: int, t0: float,
+                 images: int) -> None:
+        self.tracker, self.every, self.total, self.spe = tracker, every, total, spe
+        self.t, self.images = t0, images
+
+    def __call__(self, done: int, now: float, images: int, loss: float, lr: float, wd: float,
+                 out: dict[str, torch.Tensor]) -> None:
+        if done % self.every and done != self.total:
+            return
+        ips = (images - self.images) / max(1e-9, now - self.t)
+        extras = {k: float(v) for k, v in out.items() if k != "loss"}
+        self.tracker.log({"train/loss": loss, "train/lr": lr, "train/wd": wd,
+                          "train/img_per_s": ips, "train/epoch": done / self.spe, **extras},
+                         step=done)
+        self.t, self.images = now, images
 
 
 def _resume_hint(ckpt_path: Path, committed: Optional[int], run_dir: Path, lr: float) -> str:

@@ -28,12 +28,15 @@ from .errors import UserError
 NON_IDENTITY_KEYS = (
     "name", "plugins", "logging", "leaderboard",
     "train.device", "train.threads", "train.checkpoint_every", "train.log_every",
-    "train.time_budget_s", "data.num_workers", "data.path",
+    "data.num_workers", "data.path",
     "eval.protocols", "eval.baselines", "eval.seeds", "eval.label_fractions",
 )
 # Keys a failed run (non-finite loss) may change when it is continued: the remedy the error
 # message names. Every change is recorded in run.json (`config_changes`).
 RESUME_REMEDY_KEYS = ("optim.lr", "optim.clip_grad")
+
+# method names of the reference baselines in records (plus "timm:NAME"); their one home
+BASELINES = ("raw_pixels", "random_init", "supervised")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
@@ -105,11 +108,17 @@ def dataset_identity(name: str, splits: dict[str, Any]) -> dict[str, str]:
     return {"name": name, "fingerprint": short_hash(parts)}
 
 
+def label_fraction(settings: Optional[dict[str, Any]]) -> float:
+    """A record's label fraction; missing means 1.0 (every label: records written before label
+    fractions existed have none). The one place that says so."""
+    return float((settings or {}).get("label_fraction", 1.0))
+
+
 def record_identity(rec: dict[str, Any], dataset: dict[str, str],
                     config: dict[str, Any]) -> dict[str, Any]:
     """The identity of a record from its own fields, the dataset identity and its config."""
     settings = rec.get("protocol_settings") or {}
-    ident_settings: dict[str, Any] = {"label_fraction": float(settings.get("label_fraction", 1.0))}
+    ident_settings: dict[str, Any] = {"label_fraction": label_fraction(settings)}
     if settings.get("feature_layer") is not None:
         ident_settings["feature_layer"] = int(settings["feature_layer"])
     return {

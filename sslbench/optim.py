@@ -1,4 +1,8 @@
-"""Optimisers: SGD, AdamW and LARS (the MoCo v3 / MAE / DINO version, spec §1.2)."""
+"""Optimisers: SGD, AdamW and LARS (the MoCo v3 / MAE / DINO version).
+
+LARS: You, Gitman, Ginsburg, arXiv:1708.03888; the variant and the weight-decay exclusions are
+described in docs/methods.md#optimisers-and-schedules.
+"""
 from __future__ import annotations
 
 from typing import Any

@@ -11,7 +11,7 @@ import importlib.util
 import hashlib
 import sys
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 from .errors import UserError, did_you_mean
 
@@ -115,12 +115,3 @@ def load_plugin_file(path: str | Path) -> None:
     except Exception as e:
         del sys.modules[mod_name]
         raise UserError(f"plugin file {p} failed to import: {type(e).__name__}: {e}") from e
-
-
-def resolve_object(ref: str) -> Any:
-    """Import ``"pkg.module:attr"``."""
-    mod, _, attr = ref.partition(":")
-    obj: Any = importlib.import_module(mod)
-    for part in attr.split(".") if attr else []:
-        obj = getattr(obj, part)
-    return obj

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,31 +18,29 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed as D
-from .backbones import Backbone, create_backbone, load_backbone, save_backbone
-from .config import content_hash, load_recipe, to_dict, to_yaml
+from .backbones import create_backbone, save_backbone
+from .config import RUNS_DIR, content_hash, load_recipe, to_dict, to_yaml
 from .datasets import ImageDataset, get_split, load_splits
 from .engine import fit
 from .errors import UserError, did_you_mean
 from .identity import (RESUME_REMEDY_KEYS, check_name, config_diff, config_hash, dataset_identity,
-                       describe_diff, identity_hash, record_identity as identity_of)
+                       describe_diff, label_fraction)
 from .eval import grid_edge
-from .eval.features import cached_extract, file_hash
-from .eval.finetune import run_finetune, run_lpft, stderr_log
-from .eval.knn import run_knn
-from .eval.linear import run_linear
-from .eval.linear_sgd import run_linear_sgd
+from .eval.features import cached_extract
+from .eval.finetune import stderr_log
+from .eval.kinds import (BASELINES, Subject, build_subject, feature_layer, kind_of,
+                         protocols_for, record_names, skip_notes)
+from .eval.protocol import EvalContext, FrozenFeatures, Protocol, protocol_names
 from .eval.sampling import subsample_and_carve
 from .leaderboard import write_board, write_record
-from .leaderboard.record import SCHEMA_VERSION, now_iso
+from .leaderboard.record import build_record, now_iso, record_stub
 from .ssl import DataSpec, SSLMethod, get_method
-from .ssl.augment import Normalize
 from .tracking import Tracker
 from .utils import atomic_write_json, atomic_write_text, provenance, seed_everything
+from .views import Normalize
 
-PROTOCOLS = ("linear", "knn", "linear_sgd", "finetune", "lpft")
-FROZEN_PROTOCOLS = ("linear", "knn", "linear_sgd")  # train nothing but a head on cached features
-FINETUNE_PROTOCOLS = ("finetune", "lpft")  # train a copy of the backbone (skipped for pixels)
-BASELINES = ("raw_pixels", "random_init", "supervised")
+# BASELINES (from sslbench.eval.kinds) and PROTOCOLS (the registry, see __getattr__) are read
+# from here by config.py's domain rules and the CLI
 
 
 # -- builders -----------------------------------------------------------------------------------
@@ -282,65 +280,31 @@ def _pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path,
 
 # -- evaluation ---------------------------------------------------------------------------------
 
-def _feature_fn(kind: str, backbone: Optional[Backbone], normalize: Normalize,
-                layer: Optional[int] = None):
-    if kind == "raw_pixels":
-        return lambda x: normalize(x).flatten(1)
-    assert backbone is not None
-    return lambda x: backbone.features_at(normalize(x), layer)
+def __getattr__(name: str) -> Any:
+    """``PROTOCOLS``: the registered protocol names, read when asked (plugins included)."""
+    if name == "PROTOCOLS":
+        return protocol_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def feature_layer(cfg: DictConfig, kind: str) -> Optional[int]:
-    """The layer the frozen-feature protocols read (None: the final representation)."""
-    return None if kind == "raw_pixels" else cfg.eval.feature_layer
-
-
-def kind_protocols(kind: str, protocols: list[str], layer: Optional[int] = None) -> list[str]:
-    """The protocols ``evaluate`` runs for ``kind``: the ``supervised`` baseline is the
-    fine-tuning protocol from random init whatever was asked; raw pixels have no backbone to
-    fine-tune; LP-FT's head is the final-layer probe, so it is skipped with a feature layer."""
-    if kind == "supervised":
-        return ["finetune"]
-    if kind == "raw_pixels":
-        return [p for p in protocols if p not in FINETUNE_PROTOCOLS]
-    return [p for p in protocols if not (layer is not None and p == "lpft")]
-
-
-def identity_settings(protocol: str, fraction: float, layer: Optional[int]) -> dict[str, Any]:
+def _identity_settings(protocol: Protocol, fraction: float, layer: Optional[int]
+                       ) -> dict[str, Any]:
     """The protocol settings that tell records of one cell apart (and name their files)."""
     settings: dict[str, Any] = {"label_fraction": float(fraction)}
-    if layer is not None and protocol not in FINETUNE_PROTOCOLS:
+    if layer is not None and protocol.frozen_features:
         settings["feature_layer"] = int(layer)  # absent = the final representation
     return settings
 
 
-def record_identity(cfg: DictConfig, kind: str) -> tuple[str, str]:
-    """(method, backbone) written into the records of a pretrained run (``kind="run"``) or a
-    baseline (``random_init``, ``raw_pixels``, ``timm:NAME``)."""
-    if kind == "run":
-        return cfg.method.name, cfg.backbone.name
-    if kind == "raw_pixels":
-        return kind, "pixels"
-    if kind.startswith("timm:"):
-        return kind, kind.split(":", 1)[1]
-    return kind, cfg.backbone.name
-
-
-def record_stub(cfg: DictConfig, recipe: dict[str, Any], kind: str, protocol: str,
-                fraction: float, layer: Optional[int], eval_seed: int,
-                dataset_id: dict[str, str], suite: Optional[str] = None) -> dict[str, Any]:
-    """The identifying part of one record (``sslbench.identity``): what the evaluator writes
-    and what the suite runner looks for."""
-    method_name, backbone_name = record_identity(cfg, kind)
-    rec: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "kind": "measured", "method": method_name,
-        "backbone": backbone_name, "dataset": cfg.data.name, "protocol": protocol,
-        "protocol_settings": identity_settings(protocol, fraction, layer),
-        "seed": cfg.train.seed, "eval_seed": int(eval_seed), "recipe": recipe, "suite": suite,
-    }
-    rec["identity"] = identity_of(rec, dataset_id, to_dict(cfg))
-    rec["identity_hash"] = identity_hash(rec["identity"])
-    return rec
+def _stub(cfg: DictConfig, recipe: dict[str, Any], kind: str, protocol: Protocol,
+          fraction: float, layer: Optional[int], eval_seed: int, dataset_id: dict[str, str],
+          suite: Optional[str] = None) -> dict[str, Any]:
+    method, backbone = record_names(cfg, kind)
+    return record_stub(method=method, backbone=backbone, dataset=cfg.data.name,
+                       protocol=protocol.name,
+                       settings=_identity_settings(protocol, fraction, layer),
+                       seed=cfg.train.seed, eval_seed=eval_seed, recipe=recipe, suite=suite,
+                       dataset_id=dataset_id, config=to_dict(cfg))
 
 
 def expected_records(cfg: DictConfig, recipe: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -348,8 +312,8 @@ def expected_records(cfg: DictConfig, recipe: dict[str, Any], kind: str) -> list
     fingerprint it)."""
     dataset_id = dataset_identity(cfg.data.name, load_splits(cfg.data))
     layer = feature_layer(cfg, kind)
-    return [record_stub(cfg, recipe, kind, protocol, float(fraction), layer, int(ev), dataset_id)
-            for protocol in kind_protocols(kind, list(cfg.eval.protocols), layer)
+    return [_stub(cfg, recipe, kind, protocol, float(fraction), layer, int(ev), dataset_id)
+            for protocol in protocols_for(kind, list(cfg.eval.protocols), layer)
             for ev in cfg.eval.seeds for fraction in cfg.eval.label_fractions]
 
 
@@ -370,32 +334,9 @@ def check_run_config(cfg: DictConfig, run_dir: Path) -> None:
                         f"({describe_diff(diff)}); evaluating a run may change eval.* keys only")
 
 
-def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
-             run_dir: Optional[Path] = None, protocols: Optional[list[str]] = None,
-             tracker: Optional[Tracker] = None, quiet: bool = False,
-             pretrain_info: Optional[dict] = None, suite: Optional[str] = None
-             ) -> list[dict[str, Any]]:
-    """Evaluate a pretrained run (``kind="run"``) or a baseline (``random_init``,
-    ``raw_pixels``, ``timm:NAME``) with every label fraction x eval seed x protocol; write one
-    record each.
-
-    For each (label fraction, eval seed) one labelled subset of the train split and one
-    validation split carved from it (by group) are shared by every protocol
-    (``sslbench.eval.sampling``); at fraction 1 this is exactly the linear probe's former carve.
-    ``finetune`` / ``lpft`` train a copy of the backbone and are skipped for ``raw_pixels``."""
-    if not D.is_main():
-        return []
-    protocols = list(protocols or cfg.eval.protocols)
-    for p in protocols:
-        if p not in PROTOCOLS:
-            raise UserError(f"unknown protocol '{p}'{did_you_mean(p, PROTOCOLS)}")
-    if kind == "run":
-        assert run_dir is not None
-        check_run_config(cfg, run_dir)
-    device = resolve_device(cfg)
-    splits = load_splits(cfg.data)
-    dataset_id = dataset_identity(cfg.data.name, splits)
-    train = get_split(splits, cfg.data.train_split, "evaluation")
+def _eval_sets(cfg: DictConfig, splits: dict[str, ImageDataset], train: ImageDataset,
+               quiet: bool) -> dict[str, ImageDataset]:
+    """The test split, the OOD split when the data has one, and ``data.ood_sets``."""
     evals = {"test": get_split(splits, cfg.data.test_split, "evaluation")}
     if cfg.data.ood_split and cfg.data.ood_split in splits:
         evals["ood"] = splits[cfg.data.ood_split]
@@ -403,147 +344,132 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
         from .datasets.ood import load_ood_sets
 
         evals.update(load_ood_sets(cfg.data, train.classes, quiet))
-    normalize = Normalize(cfg.data.mean, cfg.data.std).to(device)
+    return evals
 
-    backbone, cache_dir, cache_key = None, None, kind
-    method_name, backbone_name = record_identity(cfg, kind)
-    family = "pixels" if kind == "raw_pixels" else None
+
+def _frozen_features(cfg: DictConfig, subject: Subject, normalize: Normalize,
+                     layer: Optional[int], train: ImageDataset, evals: dict[str, ImageDataset],
+                     device: torch.device, quiet: bool) -> FrozenFeatures:
+    """The backbone's features at ``layer`` (the normalised pixels for raw pixels) of the
+    train split and every evaluation set, cached in a run's ``features/`` directory."""
+    backbone = subject.backbone
+    if backbone is None:
+        def fn(x):
+            return normalize(x).flatten(1)
+    else:
+        def fn(x):
+            return backbone.features_at(normalize(x), layer)
+    cache_dir, key = subject.cache or (None, subject.kind)
+    if layer is not None:
+        key = f"{key}-layer{layer}"
+
+    def extract(ds: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        return cached_extract(fn, ds, device, cfg.eval.batch_size, cache_dir, key,
+                              module=backbone, quiet=quiet)
+
+    return FrozenFeatures(extract(train), {name: extract(ds) for name, ds in evals.items()})
+
+
+@dataclass
+class _Evaluation:
+    """What every record of one :func:`evaluate` call shares."""
+    cfg: DictConfig
+    recipe: dict[str, Any]
+    subject: Subject
+    run_dir: Optional[Path]
+    layer: Optional[int]
+    dataset_id: dict[str, str]
+    suite: Optional[str]
+    feature_share: float  # feature extraction time charged to each frozen-feature record
+    tracker: Optional[Tracker]
+    provenance: dict[str, Any]
+
+
+def _measure(ev: _Evaluation, protocol: Protocol, ctx: EvalContext, fraction: float
+             ) -> dict[str, Any]:
+    """Run one protocol on one (label fraction, eval seed) and write its record."""
+    cfg, kind = ev.cfg, ev.subject.kind
+    method_name = record_names(cfg, kind)[0]
+    t1 = time.perf_counter()
+    if ctx.log and protocol.needs_backbone:
+        ctx.log(f"{protocol.name} ({method_name}, label fraction {fraction:g}, "
+                f"eval seed {ctx.eval_seed}):")
+    metrics, settings = protocol.run(ctx)
+    stub = _stub(cfg, ev.recipe, kind, protocol, fraction, ev.layer, ctx.eval_seed,
+                 ev.dataset_id, ev.suite)
+    settings.update(stub["protocol_settings"])
+    edge = grid_edge(settings)
+    if edge:  # recorded, and said: the best value may lie outside the grid
+        settings["grid_edge"] = edge
+        if ctx.log:
+            ctx.log(f"note: {method_name} {protocol.name} (label fraction {fraction:g}): {edge}")
+    wall = time.perf_counter() - t1 + (ev.feature_share if protocol.frozen_features else 0.0)
+    rec = build_record(stub, backbone_family=ev.subject.family, settings=settings,
+                       metrics=metrics, run_id=ev.run_dir.name if ev.run_dir else None,
+                       config=to_dict(cfg), provenance=ev.provenance,
+                       pretrain=ev.subject.pretrain, wall_time_s=wall)
+    write_record(Path(cfg.leaderboard.dir) / "results", rec)
+    if ev.tracker is not None:
+        prefix = f"eval/{method_name if kind != 'run' else 'ssl'}/{protocol.name}"
+        if fraction != 1.0:
+            prefix += f"/lf{fraction:g}"
+        ev.tracker.summary({f"{prefix}/{k}": v for k, v in metrics.items()})
+    return rec
+
+
+def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
+             run_dir: Optional[Path] = None, protocols: Optional[list[str]] = None,
+             tracker: Optional[Tracker] = None, quiet: bool = False,
+             pretrain_info: Optional[dict] = None, suite: Optional[str] = None
+             ) -> list[dict[str, Any]]:
+    """Evaluate a pretrained run (``kind="run"``) or a baseline (``sslbench.eval.kinds``) with
+    every label fraction x eval seed x protocol (``sslbench.eval.protocol``); write one record
+    each.
+
+    For each (label fraction, eval seed) one labelled subset of the train split and one
+    validation split carved from it (by group) are shared by every protocol
+    (``sslbench.eval.sampling``); frozen features are extracted once for all of them."""
+    if not D.is_main():
+        return []
+    asked = list(protocols or cfg.eval.protocols)
+    for p in asked:
+        if p not in protocol_names():
+            raise UserError(f"unknown protocol '{p}'{did_you_mean(p, protocol_names())}")
+    kind_of(kind)  # an unknown kind fails before the data is read
     if kind == "run":
         assert run_dir is not None
-        weights = run_dir / "backbone.safetensors"
-        if not weights.is_file():
-            raise UserError(f"{run_dir} has no backbone.safetensors (pretraining not finished?); "
-                            f"continue it with: sslbench pretrain {run_dir}")
-        backbone = load_backbone(weights)
-        cache_dir, cache_key = run_dir / "features", f"bb-{file_hash(weights)}"
-    elif kind == "random_init":
-        seed_everything(cfg.train.seed)
-        backbone = create_backbone(cfg.backbone, cfg.data.image_size)
-        cache_key = f"random-s{cfg.train.seed}"
-    elif kind == "supervised":
-        # the upper reference: the same architecture trained from scratch on the labels, by the
-        # fine-tuning protocol (eval.supervised: fine-tuning settings with a from-scratch budget)
-        seed_everything(cfg.train.seed)
-        backbone = create_backbone(cfg.backbone, cfg.data.image_size)
-    elif kind.startswith("timm:"):
-        import copy
-
-        if not cfg.backbone.checkpoint:
-            raise UserError(f"--backbone {kind} needs local weights (nothing is downloaded): "
-                            f"pass backbone.checkpoint=PATH to a .safetensors / .pt state dict "
-                            f"of timm's '{backbone_name}'")
-        bcfg = copy.deepcopy(cfg.backbone)
-        bcfg.name = backbone_name
-        backbone = create_backbone(bcfg, cfg.data.image_size)  # loads backbone.checkpoint
-        weights = Path(cfg.backbone.checkpoint)
-        digest = file_hash(weights)
-        cache_key = f"timm-{digest}"
-        pretrain_info = {"pretrain": {"checkpoint": weights.name, "checkpoint_sha256": digest}}
-    elif kind != "raw_pixels":
-        raise UserError(f"unknown --backbone '{kind}'"
-                        f"{did_you_mean(kind, ('run', 'random', 'pixels', 'supervised', 'timm:NAME'))}")
-    if backbone is not None:
-        backbone.to(device)
-        family = backbone.family
-    if backbone is None and any(p in FINETUNE_PROTOCOLS for p in protocols) and not quiet:
-        print(f"note: {', '.join(p for p in protocols if p in FINETUNE_PROTOCOLS)} "
-              f"skipped for {kind} (no backbone to fine-tune)", file=sys.stderr)
+        check_run_config(cfg, run_dir)
+    device = resolve_device(cfg)
+    splits = load_splits(cfg.data)
+    train = get_split(splits, cfg.data.train_split, "evaluation")
+    evals = _eval_sets(cfg, splits, train, quiet)
+    normalize = Normalize(cfg.data.mean, cfg.data.std).to(device)
+    subject = build_subject(cfg, kind, run_dir, pretrain_info)
+    if subject.backbone is not None:
+        subject.backbone.to(device)
     layer = feature_layer(cfg, kind)
-    if layer is not None and "lpft" in protocols and not quiet:
-        print(f"note: lpft skipped with eval.feature_layer={layer} (LP-FT starts from the "
-              f"probe on the final representation; run it with feature_layer null)",
-              file=sys.stderr)
-    protocols = kind_protocols(kind, protocols, layer)
-    if layer is not None:
-        cache_key = f"{cache_key}-layer{layer}"
-    fn = _feature_fn(kind, backbone, normalize, layer)
-    bs = cfg.eval.batch_size
-
-    def feats(ds: ImageDataset):
-        return cached_extract(fn, ds, device, bs, cache_dir, cache_key, module=backbone,
-                              quiet=quiet)
-
+    for note in [] if quiet else skip_notes(kind, asked, layer):
+        print(note, file=sys.stderr)
+    todo = protocols_for(kind, asked, layer)
     t0 = time.perf_counter()
-    xtr, ytr = None, train.labels
-    eval_feats: dict[str, Any] = {}
-    if any(p != "finetune" for p in protocols):  # every other protocol uses frozen features
-        xtr, ytr = feats(train)
-        eval_feats = {name: feats(ds) for name, ds in evals.items()}
-    feature_time = time.perf_counter() - t0
-    n_feature_protocols = max(1, sum(p != "finetune" for p in protocols))
-    log = None if quiet else stderr_log
-    val_fraction = cfg.eval.linear.val_fraction
-    prov = provenance(device)
+    frozen = (_frozen_features(cfg, subject, normalize, layer, train, evals, device, quiet)
+              if any(p.frozen_features for p in todo) else None)
+    share = (time.perf_counter() - t0) / max(1, sum(p.frozen_features for p in todo))
+    ev = _Evaluation(cfg, recipe, subject, run_dir, layer,
+                     dataset_identity(cfg.data.name, splits), suite, share, tracker,
+                     provenance(device))
     records = []
     for fraction in cfg.eval.label_fractions:
         for eval_seed in cfg.eval.seeds:
-            sub, fit_idx, val_idx = subsample_and_carve(train.labels, train.groups,
-                                                        float(fraction), val_fraction,
-                                                        int(eval_seed))
-            val_split = {"fraction": val_fraction, "by_group": train.groups is not None}
-            split_feats = {} if xtr is None else {
-                "train": (xtr[fit_idx], ytr[fit_idx]), "val": (xtr[val_idx], ytr[val_idx]),
-                **eval_feats}
-            for protocol in protocols:
-                t1 = time.perf_counter()
-                if log and protocol in FINETUNE_PROTOCOLS:
-                    log(f"{protocol} ({method_name}, label fraction {fraction:g}, "
-                        f"eval seed {eval_seed}):")
-                if protocol == "linear":
-                    metrics, settings = run_linear(split_feats, train.num_classes,
-                                                   cfg.eval.linear.c_grid,
-                                                   cfg.eval.linear.max_iter,
-                                                   cfg.eval.linear.refit_on_train_and_val,
-                                                   device)
-                    settings["val_split"] = val_split
-                elif protocol == "knn":  # no hyperparameter choice: the whole labelled subset
-                    metrics, settings = run_knn({"train": (xtr[sub], ytr[sub]), **eval_feats},
-                                                train.num_classes, cfg.eval.knn.k,
-                                                cfg.eval.knn.temperature)
-                elif protocol == "linear_sgd":
-                    metrics, settings = run_linear_sgd(split_feats, train.num_classes,
-                                                       cfg.eval.linear_sgd, int(eval_seed),
-                                                       device)
-                    settings["val_split"] = val_split
-                elif protocol == "finetune":
-                    ft_cfg = cfg.eval.supervised if kind == "supervised" else cfg.eval.finetune
-                    metrics, settings = run_finetune(
-                        backbone, train.num_classes, train, fit_idx, val_idx, evals, normalize,
-                        ft_cfg, int(eval_seed), device, bs, log=log)
-                    settings["val_split"] = val_split
-                else:  # lpft
-                    metrics, settings = run_lpft(
-                        backbone, train.num_classes, train, fit_idx, val_idx, evals, normalize,
-                        split_feats, cfg.eval.linear, cfg.eval.lpft, int(eval_seed), device, bs,
-                        log=log)
-                    settings["val_split"] = val_split
-                rec = record_stub(cfg, recipe, kind, protocol, float(fraction), layer,
-                                  int(eval_seed), dataset_id, suite)
-                settings.update(rec["protocol_settings"])
-                edge = grid_edge(settings)
-                if edge:  # recorded, and said: the best value may lie outside the grid
-                    settings["grid_edge"] = edge
-                    if log:
-                        log(f"note: {method_name} {protocol} (label fraction {fraction:g}): {edge}")
-                wall = time.perf_counter() - t1
-                if protocol != "finetune":
-                    wall += feature_time / n_feature_protocols
-                rec.update({
-                    "backbone_family": family or "other", "protocol_settings": settings,
-                    "metrics": metrics, "run_id": run_dir.name if run_dir else None,
-                    "config": to_dict(cfg), "provenance": prov,
-                    "pretrain": ((pretrain_info or {}).get("pretrain")
-                                 if kind == "run" or kind.startswith("timm:") else None),
-                    "wall_time_s": wall,
-                    "created": now_iso(),
-                })
-                write_record(Path(cfg.leaderboard.dir) / "results", rec)
-                records.append(rec)
-                if tracker is not None:
-                    prefix = f"eval/{method_name if kind != 'run' else 'ssl'}/{protocol}"
-                    if float(fraction) != 1.0:
-                        prefix += f"/lf{float(fraction):g}"
-                    tracker.summary({f"{prefix}/{k}": v for k, v in metrics.items()})
+            sub, fit_idx, val_idx = subsample_and_carve(
+                train.labels, train.groups, float(fraction), cfg.eval.linear.val_fraction,
+                int(eval_seed))
+            for protocol in todo:
+                ctx = EvalContext(cfg, kind, device, train, sub, fit_idx, val_idx, evals,
+                                  normalize, subject.backbone, int(eval_seed),
+                                  frozen if protocol.frozen_features else None,
+                                  None if quiet else stderr_log)
+                records.append(_measure(ev, protocol, ctx, float(fraction)))
     _log_eval_runs(cfg, recipe, kind, run_dir, records)
     return records
 
@@ -571,18 +497,18 @@ def _log_eval_runs(cfg: DictConfig, recipe: dict[str, Any], kind: str, run_dir: 
                   "backbone_artifact": f"backbone-{run_id}" if kind == "run" else None,
                   "protocol_settings": recs[0]["protocol_settings"]}
         tracker = Tracker(None, cfg.logging, f"{who}-{protocol}", protocol, config,
-                          run_dir or Path(cfg.logging.dir or "runs"),
+                          run_dir or Path(cfg.logging.dir or RUNS_DIR),
                           tags=[first["method"], first["backbone"], cfg.data.name, protocol])
         try:
             if kind == "run":
                 tracker.use_artifact(f"backbone-{run_id}", "model")
-            full = [r for r in recs if float(r["protocol_settings"].get("label_fraction", 1)) == 1]
+            full = [r for r in recs if label_fraction(r["protocol_settings"]) == 1]
             for key in sorted({k for r in full for k in r["metrics"]}):
                 vals = [r["metrics"][key] for r in full if key in r["metrics"]]
                 tracker.summary({key: sum(vals) / len(vals)})
             columns = ["label_fraction", "eval_seed", "acc", "ood_acc", "val_acc", "record"]
             tracker.log_table("results", columns, [
-                [float(r["protocol_settings"].get("label_fraction", 1.0)), r["eval_seed"],
+                [label_fraction(r["protocol_settings"]), r["eval_seed"],
                  r["metrics"].get("acc"), r["metrics"].get("ood_acc"),
                  r["metrics"].get("val_acc"), record_path(results, r).name] for r in recs])
             tracker.log_artifact([record_path(results, r) for r in recs],

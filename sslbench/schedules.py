@@ -1,4 +1,4 @@
-"""Schedules as pure functions of the global step (spec §1.2)."""
+"""Schedules as pure functions of the global step (docs/methods.md#optimisers-and-schedules)."""
 from __future__ import annotations
 
 import math

@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 
+from sslbench.ssl import DataSpec
+
 REPO = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -60,6 +62,49 @@ def tiny_recipe(tmp_path) -> Path:
     return write_recipe(tmp_path / "tiny.yaml")
 
 
+# -- tiny methods: the test_ssl invariant tests ------------------------------------------------
+
+TINY_DATA = DataSpec(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def build_tiny_backbone(family: str = "resnet", **kw: Any) -> Any:
+    """The tiny timm backbone of ``family`` for 32 px images: ``test_resnet`` with the stock
+    stem, ``test_vit`` with 4 px patches; ``kw`` sets other ``BackboneConfig`` fields."""
+    from omegaconf import OmegaConf
+
+    from sslbench.backbones import create_backbone
+    from sslbench.config import BackboneConfig
+    from sslbench.conformance import TINY_BACKBONES
+
+    cfg = BackboneConfig(**{"name": TINY_BACKBONES[family], "small_input": family == "vit", **kw})
+    return create_backbone(OmegaConf.structured(cfg), TINY_DATA.image_size)
+
+
+def build_tiny_method(cls: type, family: str = "resnet", seed: int = 0,
+                      backbone_kw: dict | None = None, **config: Any) -> Any:
+    """``cls`` on :func:`build_tiny_backbone` with :data:`TINY_DATA`, built after
+    ``torch.manual_seed(seed)``; ``config`` fills ``cls.Config``. A plain function, so that the
+    workers of multi-process tests can call it; tests use the ``tiny_method`` fixture."""
+    torch.manual_seed(seed)
+    backbone = build_tiny_backbone(family, **(backbone_kw or {}))
+    return cls(backbone, cls.Config(**config), TINY_DATA)
+
+
+@pytest.fixture
+def tiny_method(request):
+    """``tiny_method(family=FAMILY, seed=0, backbone_kw=None, **config)``: the test module's
+    ``METHOD`` from :func:`build_tiny_method`, its config the module's ``SMALL`` (CPU-sized
+    settings, optional) updated with ``config``; ``FAMILY`` (optional) is the default family."""
+    module = request.module
+    small = getattr(module, "SMALL", {})
+
+    def make(family: str = getattr(module, "FAMILY", "resnet"), seed: int = 0,
+             backbone_kw: dict | None = None, **config: Any) -> Any:
+        return build_tiny_method(module.METHOD, family, seed, backbone_kw, **{**small, **config})
+
+    return make
+
+
 def make_record(**overrides: Any) -> dict[str, Any]:
     """A valid leaderboard record (schema v1); ``overrides`` replace top-level fields."""
     rec: dict[str, Any] = {
@@ -75,4 +120,17 @@ def make_record(**overrides: Any) -> dict[str, Any]:
         "created": "2026-01-01T00:00:00+00:00",
     }
     rec.update(overrides)
+    return rec
+
+
+def make_record_v2(config: dict[str, Any] | None = None, suite: str | None = "embedded",
+                   **fields: Any) -> dict[str, Any]:
+    """A schema v2 record: :func:`make_record` plus identity, identity_hash and suite."""
+    from sslbench.identity import identity_hash, record_identity
+
+    rec = make_record(config=config if config is not None else {"optim": {"lr": 0.1}}, **fields)
+    identity = record_identity(rec, {"name": rec["dataset"], "fingerprint": "0" * 16},
+                               rec["config"])
+    rec.update(schema_version=2, identity=identity, identity_hash=identity_hash(identity),
+               suite=suite)
     return rec

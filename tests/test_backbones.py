@@ -1,4 +1,5 @@
-"""32 px backbone variants (spec §1.1), pooled features, safetensors export."""
+"""32 px backbone variants (docs/methods.md#32-px-backbones), pooled features, safetensors
+export."""
 from __future__ import annotations
 
 import pytest

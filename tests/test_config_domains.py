@@ -45,7 +45,6 @@ RULE_CASES = [
     ("train.checkpoint_every=0", "positive integer"),
     ("train.log_every=-1", "positive integer"),
     ("train.threads=0", "positive integer (or null"),
-    ("train.time_budget_s=0", "positive number"),
     ("eval.batch_size=0", "positive integer"),
     ("eval.linear.max_iter=0", "positive integer"),
     ("eval.linear_sgd.epochs=0", "positive integer"),
@@ -203,7 +202,9 @@ def test_bad_method_value(method, override, needle):
 
 
 def test_every_builtin_method_has_a_case_and_rules():
-    builtin = {n for n in list_methods() if METHODS.origin(n) == "built-in"}
+    # plugin files loaded by other tests register through the same decorator: go by module
+    builtin = {n for n in list_methods() if METHODS.origin(n) == "built-in"
+               and get_method(n).__module__.startswith("sslbench.ssl.")}
     assert builtin <= {m for m, _, _ in METHOD_CASES}
     for name in builtin:
         assert domain_rules(get_method(name).Config), name

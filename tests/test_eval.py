@@ -1,4 +1,4 @@
-"""Frozen-feature protocols (spec §11.1, §11.2) and their invariants."""
+"""Frozen-feature protocols (docs/methods.md#linear-probe, #k-nn) and their invariants."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
-"""Label fractions, linear_sgd, fine-tuning and LP-FT (spec §11.1, §11.3, §11.4).
+"""Label fractions, linear_sgd, fine-tuning and LP-FT (docs/methods.md#label-fractions,
+#linear-probe, #fine-tuning, #lp-ft).
 
 Tiny and CPU-fast: timm ``test_resnet`` / ``test_vit``, synthetic 32 px images or the embedded
 benchmark at 1 render per glyph, a handful of optimisation steps.
@@ -19,11 +20,12 @@ from sslbench.config import (BackboneConfig, FinetuneConfig, LinearSGDConfig, LP
                              load_recipe, to_yaml)
 from sslbench.datasets import TensorImageDataset
 from sslbench.eval.features import cached_extract, extract, file_hash
-from sslbench.eval.finetune import (build_classifier, init_head, predict, run_finetune, run_lpft,
+from sslbench.eval.finetune import (build_classifier, init_head, predict, run_finetune,
                                     train_classifier)
 from sslbench.eval.knn import run_knn
 from sslbench.eval.linear import fit_logreg, run_linear, unstandardise
 from sslbench.eval.linear_sgd import run_linear_sgd
+from sslbench.eval.lpft import run_lpft
 from sslbench.eval.sampling import carve_fit_val, label_fraction_indices, subsample_and_carve
 from sslbench.leaderboard.record import record_path
 from sslbench.ssl.augment import Normalize
@@ -175,10 +177,11 @@ def test_no_protocol_modifies_the_backbone_weights_or_bn_buffers(tmp_path):
     run_linear_sgd(feats, 4, OmegaConf.structured(LinearSGDConfig(epochs=2)), 0)
     _assert_bit_identical(before, bb)  # frozen-feature protocols
     assert bb.training  # extraction restores the training flag
-    ft = run_finetune(bb, 4, train, fit, val, {"test": test}, NORM, _ft_cfg(steps=2), 0, CPU)[0]
+    ft = run_finetune(bb, 4, train, fit, val, {"test": test}, NORM, _ft_cfg(steps=2), 0, CPU,
+                      512)[0]
     lin = SimpleNamespace(c_grid=[1.0], max_iter=20)
     lp = run_lpft(bb, 4, train, fit, val, {"test": test}, NORM, feats, lin,
-                  _ft_cfg(LPFTConfig, steps=2, bn_eval=False), 0, CPU)[0]
+                  _ft_cfg(LPFTConfig, steps=2, bn_eval=False), 0, CPU, 512)[0]
     _assert_bit_identical(before, bb)  # fine-tuning trains a copy
     assert 0 <= ft["acc"] <= 1 and 0 <= lp["acc"] <= 1 and "val_acc" in ft
 
@@ -212,7 +215,7 @@ def test_lpft_step0_matches_the_linear_probe(name):
     lp_metrics, w, b, lp_logits = _lp_head(bb, train, fit, val, test)
     model = build_classifier(bb, 4, drop_path_rate=0.1)
     init_head(model, weights=(w, b))
-    logits, y = predict(model, test, NORM, CPU)
+    logits, y = predict(model, test, NORM, CPU, 512)
     torch.testing.assert_close(logits, lp_logits, rtol=1e-4, atol=1e-4)
     assert float((logits.argmax(1) == y).float().mean()) == pytest.approx(lp_metrics["acc"])
 
@@ -228,7 +231,7 @@ def test_lpft_with_lr_zero_stays_the_linear_probe_only_with_bn_eval():
         losses = train_classifier(model, train, fit, NORM, _ft_cfg(LPFTConfig), lr=0.0, seed=0,
                                   device=CPU, bn_eval=bn_eval, steps=5)
         assert len(losses) == 5
-        logits, _ = predict(model, test, NORM, CPU)
+        logits, _ = predict(model, test, NORM, CPU, 512)
         if bn_eval:
             torch.testing.assert_close(logits, lp_logits, rtol=1e-4, atol=1e-4)
         else:
@@ -333,7 +336,7 @@ def test_supervised_baseline_trains_from_scratch_with_its_own_budget(tmp_path):
     assert rec["protocol_settings"]["steps"] == 3  # eval.supervised, not eval.finetune
     assert rec["protocol_settings"]["chosen_lr"] == 3e-3
     assert {"acc", "ood_acc", "val_acc"} <= rec["metrics"].keys()
-    from sslbench.leaderboard.render import is_baseline
+    from sslbench.leaderboard.aggregation import is_baseline
 
     assert is_baseline(rec["method"])
 

@@ -126,7 +126,8 @@ def test_offline_artifact_and_table_are_written(tmp_path):
 
 
 def test_leaderboard_table_run_and_sync_discovery(tmp_path, capsys):
-    from sslbench.tracking import LEADERBOARD_COLUMNS, log_leaderboard, offline_runs, wandb_sync
+    from sslbench.leaderboard.wandb_table import LEADERBOARD_COLUMNS, log_leaderboard
+    from sslbench.tracking import offline_runs, wandb_sync
 
     import shutil
 

@@ -9,8 +9,7 @@ from typing import Any
 
 from ..errors import UserError
 from .base import ImageDataset, SubsetImageDataset, TensorImageDataset, resize_uint8
-
-SOURCES = ("embedded", "cifar10", "cifar100", "imagefolder", "hf", "parquet", "hf_imagefolder")
+from .sources import SOURCES, load_source
 
 
 _LAST: tuple[str, dict[str, ImageDataset]] | None = None
@@ -48,8 +47,6 @@ def _load_splits(cfg: Any) -> dict[str, ImageDataset]:
     if not cfg.path:
         raise UserError(f"data.path is required for data.name='{cfg.name}' "
                         f"(a local directory/file or HF hub name)")
-    from .sources import load_source
-
     return load_source(cfg.name, cfg.path, cfg.image_size, cfg.image_key, cfg.label_key)
 
 

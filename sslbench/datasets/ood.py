@@ -102,8 +102,8 @@ def load_cifar10_c(path: str, image_size: int, corruptions: list[str], severity:
 
 
 def relabel(images: torch.Tensor, labels: np.ndarray, classes: list[str],
-            train_classes: list[str], class_map: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor,
-                                                                           list[str]]:
+            train_classes: list[str], class_map: dict[str, str]
+            ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Map each OOD class name to the training class of the same name (after ``class_map``);
     drop images of unmatched classes. Returns images, training-class labels, kept class names."""
     aliases = {**DEFAULT_ALIASES, **{str(k): str(v) for k, v in class_map.items()}}
@@ -150,13 +150,13 @@ def load_ood_sets(data_cfg: Any, train_classes: list[str], quiet: bool = False
             x, y, classes = load_cifar10_c(path, data_cfg.image_size, list(entry.corruptions),
                                            entry.severity)
         else:
-            from .sources import VALID_KINDS, load_source
+            from .sources import load_source, path_sources
 
-            if kind not in VALID_KINDS:
+            if kind not in path_sources():
                 from ..errors import did_you_mean
 
                 raise UserError(f"OOD set '{name}': unknown kind '{kind}'"
-                                f"{did_you_mean(kind, (*OOD_KINDS, *VALID_KINDS))}")
+                                f"{did_you_mean(kind, (*OOD_KINDS, *path_sources()))}")
             splits = load_source(kind, path, data_cfg.image_size)
             split = entry.split or "test"
             if split not in splits:

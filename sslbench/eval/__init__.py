@@ -1,5 +1,7 @@
-"""Shared evaluator: frozen-feature protocols (linear probe, k-NN, SGD probe), fine-tuning and
-LP-FT, plus the checks every protocol's hyperparameter choice goes through."""
+"""Evaluation protocols, one module each, registered by name (:mod:`sslbench.eval.protocol`):
+frozen-feature protocols (linear probe, k-NN, SGD probe), fine-tuning and LP-FT; what is
+evaluated (:mod:`sslbench.eval.kinds`); plus the check every protocol's hyperparameter choice
+goes through."""
 from __future__ import annotations
 
 from typing import Any, Optional

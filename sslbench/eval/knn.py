@@ -1,4 +1,4 @@
-"""Weighted k-NN on frozen features (spec §11.2; DINO ``eval_knn.py`` / InstDisc).
+"""Weighted k-NN on frozen features (docs/methods.md#k-nn; DINO ``eval_knn.py`` / InstDisc).
 
 Features are L2-normalised; for each test sample the k most cosine-similar training samples vote
 with weight ``exp(s / T)``; the class with the largest summed weight wins. Defaults k = 200,
@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .protocol import EvalContext, Result, register_protocol
 
 
 @torch.no_grad()
@@ -39,4 +41,12 @@ def run_knn(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, k: int,
             continue
         pred = knn_predict(train_x, train_y, x, k, temperature, num_classes)
         metrics["acc" if split == "test" else f"{split}_acc"] = float((pred == y).float().mean())
-    return metrics, {"k": k, "temperature": temperature, "metric": "cosine", "weighting": "exp(s/T)"}
+    return metrics, {"k": k, "temperature": temperature, "metric": "cosine",
+                     "weighting": "exp(s/T)"}
+
+
+@register_protocol("knn", frozen_features=True, order=20)
+def knn(ctx: EvalContext) -> Result:
+    """k-NN with the whole labelled subset as memory bank: nothing is chosen on validation."""
+    return run_knn(ctx.features(validation=False), ctx.num_classes, ctx.cfg.eval.knn.k,
+                   ctx.cfg.eval.knn.temperature)

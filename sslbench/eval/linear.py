@@ -1,4 +1,6 @@
-"""Linear probe on frozen features: L-BFGS multinomial logistic regression (spec §11.1 variant 3).
+"""Linear probe on frozen features: L-BFGS multinomial logistic regression.
+
+docs/methods.md#linear-probe, variant 3.
 
 SimCLR's transfer protocol: L2-regularised multinomial logistic regression fitted with L-BFGS on
 pre-extracted features (no augmentation), the regularisation chosen on a held-out validation split
@@ -15,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .protocol import EvalContext, Result, register_protocol
 
-def fit_logreg(x: Tensor, y: Tensor, num_classes: int, c: float, max_iter: int = 200,
+
+def fit_logreg(x: Tensor, y: Tensor, num_classes: int, c: float, max_iter: int,
                init: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
     """Minimise ``mean CE + ‖W‖² / (2 C n)`` (= sklearn's objective / (C n)); bias unpenalised."""
     n, d = x.shape
@@ -54,13 +58,14 @@ def accuracy(w: Tensor, b: Tensor, x: Tensor, y: Tensor) -> float:
 
 def unstandardise(w: Tensor, b: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
     """The head on standardised features as a head on raw features: ``W' = W / σ``,
-    ``b' = b − W'·μ``, so ``x W'ᵀ + b' == ((x − μ) / σ) Wᵀ + b`` (LP-FT head init, spec §11.4)."""
+    ``b' = b − W'·μ``, so ``x W'ᵀ + b' == ((x − μ) / σ) Wᵀ + b`` (LP-FT head init,
+    docs/methods.md#lp-ft)."""
     w2 = w / std.reshape(1, -1)
     return w2, b - w2 @ mean.reshape(-1)
 
 
 def run_linear(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, c_grid: Sequence[float],
-               max_iter: int = 200, refit: bool = True,
+               max_iter: int, refit: bool = True,
                device: Optional[torch.device] = None, return_head: bool = False):
     """Choose C on ``feats["val"]``, refit, report accuracy on every other split.
 
@@ -97,6 +102,16 @@ def run_linear(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, c_grid
                 "chosen_val_acc_by_C": {f"{c:g}": a for c, a in val_acc.items()}}
     if return_head:
         return metrics, settings, unstandardise(w, b, mean, std)
+    return metrics, settings
+
+
+@register_protocol("linear", frozen_features=True, order=10)
+def linear(ctx: EvalContext) -> Result:
+    """The L-BFGS probe on the fit split's frozen features, C chosen on the validation split."""
+    c = ctx.cfg.eval.linear
+    metrics, settings = run_linear(ctx.features(), ctx.num_classes, c.c_grid, c.max_iter,
+                                   c.refit_on_train_and_val, ctx.device)
+    settings["val_split"] = ctx.val_split
     return metrics, settings
 
 

@@ -1,8 +1,8 @@
 """Linear probe with SGD on frozen features, BatchNorm without affine before the linear layer.
 
-Spec §11.1 variant 2 (MAE's linear probe: ``BatchNorm1d(d, affine=False, eps=1e-6) -> Linear``,
-head weight trunc_normal(std 0.01), zero bias, wd 0, warmup + cosine to 0), adapted for the
-CPU-sized embedded benchmark:
+docs/methods.md#linear-probe, variant 2 (MAE's linear probe:
+``BatchNorm1d(d, affine=False, eps=1e-6) -> Linear``, head weight trunc_normal(std 0.01), zero
+bias, wd 0, warmup + cosine to 0), adapted for the CPU-sized embedded benchmark:
 
 - **No augmentation.** The probe trains on the cached, un-augmented frozen features (the same
   ``features/`` cache as the L-BFGS probe and k-NN, extracted with the backbone in ``eval()``
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..schedules import cosine_with_warmup
+from .protocol import EvalContext, Result, register_protocol
 
 
 def bn_linear_head(dim: int, num_classes: int, generator: torch.Generator) -> nn.Sequential:
@@ -111,4 +112,13 @@ def run_linear_sgd(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, cf
         "lr_grid": sorted(float(v) for v in cfg.lr_grid), "refit_on_train_and_val": refit,
         "chosen_lr": best, "chosen_val_acc_by_lr": {f"{lr:g}": a for lr, a in val_acc.items()},
     }
+    return metrics, settings
+
+
+@register_protocol("linear_sgd", frozen_features=True, order=30)
+def linear_sgd(ctx: EvalContext) -> Result:
+    """The BN + linear SGD probe on the fit split's frozen features, lr chosen on validation."""
+    metrics, settings = run_linear_sgd(ctx.features(), ctx.num_classes, ctx.cfg.eval.linear_sgd,
+                                       int(ctx.eval_seed), ctx.device)
+    settings["val_split"] = ctx.val_split
     return metrics, settings

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .render import _cell, _dedupe_seeds, _inline, _sortable, ci95_halfwidth
+from ..identity import label_fraction
+from .aggregation import ci95_halfwidth, dedupe_seeds, sortable
+from .markdown import md_cell, md_inline
 from .store import load_records
 
 COMPARE_FORMATS = ("text", "md", "json")
@@ -50,7 +52,7 @@ def row_key(rec: dict[str, Any]) -> tuple[Any, ...]:
     """(dataset, recipe, method, backbone, protocol, label_fraction, feature_layer)."""
     settings = rec.get("protocol_settings") or {}
     try:
-        fraction: Any = float(settings.get("label_fraction", 1.0))
+        fraction: Any = label_fraction(settings)
     except (TypeError, ValueError):
         fraction = str(settings.get("label_fraction"))
     return (str(rec["dataset"]), str((rec.get("recipe") or {}).get("name") or "adhoc"),
@@ -105,14 +107,14 @@ def _same_config(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
 def _per_seed(records: list[dict[str, Any]], metric: str) -> dict[Any, float]:
     """Seed -> metric averaged over that seed's eval seeds (one record per seed pair)."""
     by_seed: dict[Any, list[float]] = defaultdict(list)
-    for rec in _dedupe_seeds(records):
+    for rec in dedupe_seeds(records):
         by_seed[rec["seed"]].append(float(rec["metrics"][metric]))
     return {s: sum(v) / len(v) for s, v in by_seed.items()}
 
 
 def _side(values: dict[Any, float]) -> dict[str, Any]:
     vals = list(values.values())
-    return {"n": len(vals), "seeds": sorted(values, key=_sortable),
+    return {"n": len(vals), "seeds": sorted(values, key=sortable),
             "mean": sum(vals) / len(vals), "ci95": ci95_halfwidth(vals)}
 
 
@@ -182,7 +184,7 @@ def compare_records(a_records: list[dict[str, Any]], b_records: list[dict[str, A
         raise UserError(f"no record has the metric '{metric}'; pass --metric with one of "
                         f"{', '.join(sorted(names))}")
     rows = []
-    for key in sorted(set(a_groups) | set(b_groups), key=lambda k: tuple(map(_sortable, k))):
+    for key in sorted(set(a_groups) | set(b_groups), key=lambda k: tuple(map(sortable, k))):
         row: dict[str, Any] = dict(zip(_ROW_FIELDS, key))
         a_vals = _per_seed(a_groups[key], metric) if key in a_groups else None
         b_vals = _per_seed(b_groups[key], metric) if key in b_groups else None
@@ -195,8 +197,8 @@ def compare_records(a_records: list[dict[str, Any]], b_records: list[dict[str, A
             row["verdict"] = "only in A"
         else:
             row["diff"] = diff = difference(a_vals, b_vals)
-            row["config"] = _same_config(_dedupe_seeds(a_groups[key]),
-                                         _dedupe_seeds(b_groups[key]))
+            row["config"] = _same_config(dedupe_seeds(a_groups[key]),
+                                         dedupe_seeds(b_groups[key]))
             if diff["lo"] is None:
                 row["verdict"] = "n/a"
             else:
@@ -284,12 +286,12 @@ def render_text(result: dict[str, Any], a: str, b: str) -> str:
 
 
 def render_md(result: dict[str, Any], a: str, b: str) -> str:
-    lines = [" ".join(_intro(result, _inline(a), _inline(b))), ""]
+    lines = [" ".join(_intro(result, md_inline(a), md_inline(b))), ""]
     lines.append("| " + " | ".join(_HEADER) + " |")
     lines.append("|" + "|".join([":---"] * 6 + ["---:"] * 3 + [":---"] * 3) + "|")
     for r in result["rows"]:
         cells = _cells(r)  # record strings escaped; the numbers and words are this module's
-        lines.append("| " + " | ".join([_cell(c) for c in cells[:6]] + cells[6:]) + " |")
+        lines.append("| " + " | ".join([md_cell(c) for c in cells[:6]] + cells[6:]) + " |")
     lines += ["", summary_line(result["summary"])]
     return "\n".join(lines) + "\n"
 

@@ -43,9 +43,10 @@ import math
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import UserError
+from ..identity import label_fraction
 from ..utils import atomic_write_json
 
 SCHEMA_VERSION = 2  # the version written; 1 = legacy records without an identity
@@ -72,6 +73,42 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-") or "x"
 
 
+def record_stub(*, method: str, backbone: str, dataset: str, protocol: str,
+                settings: dict[str, Any], seed: int, eval_seed: int, recipe: dict[str, Any],
+                suite: Optional[str], dataset_id: dict[str, str],
+                config: dict[str, Any]) -> dict[str, Any]:
+    """The identifying part of a measured record, ``identity`` and ``identity_hash`` included
+    (:mod:`sslbench.identity`): what the evaluator writes and what a suite looks for.
+    ``settings`` are the protocol settings that tell records of one cell apart."""
+    from ..identity import identity_hash, record_identity
+
+    rec: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "kind": "measured", "method": method,
+        "backbone": backbone, "dataset": dataset, "protocol": protocol,
+        "protocol_settings": settings, "seed": seed, "eval_seed": int(eval_seed),
+        "recipe": recipe, "suite": suite,
+    }
+    rec["identity"] = record_identity(rec, dataset_id, config)
+    rec["identity_hash"] = identity_hash(rec["identity"])
+    return rec
+
+
+def build_record(stub: dict[str, Any], *, backbone_family: str, settings: dict[str, Any],
+                 metrics: dict[str, float], run_id: Optional[str], config: dict[str, Any],
+                 provenance: dict[str, Any], pretrain: Optional[dict[str, Any]],
+                 wall_time_s: float) -> dict[str, Any]:
+    """A complete measured record: ``stub`` (:func:`record_stub`) with every protocol setting
+    (``settings`` must include the stub's), the metrics and how they were measured, stamped
+    now."""
+    rec = dict(stub)
+    rec.update({
+        "backbone_family": backbone_family, "protocol_settings": settings, "metrics": metrics,
+        "run_id": run_id, "config": config, "provenance": provenance, "pretrain": pretrain,
+        "wall_time_s": wall_time_s, "created": now_iso(),
+    })
+    return rec
+
+
 def record_path(results_dir: str | Path, rec: dict[str, Any]) -> Path:
     """``<results>/<dataset>/<recipe>__<method>__<backbone>__<protocol>__seed<k>__ev<j>.json``,
     with ``__lf<fraction>`` appended when ``protocol_settings.label_fraction`` is not 1 and
@@ -83,7 +120,7 @@ def record_path(results_dir: str | Path, rec: dict[str, Any]) -> Path:
         _slug(rec["protocol"]), f"seed{rec['seed']}", f"ev{rec['eval_seed']}",
     ]
     settings = rec.get("protocol_settings") or {}
-    fraction = float(settings.get("label_fraction", 1.0))
+    fraction = label_fraction(settings)
     if fraction != 1.0:
         parts.append(f"lf{fraction:g}")
     if settings.get("feature_layer") is not None:
@@ -145,7 +182,8 @@ def _identity_problems(rec: dict[str, Any]) -> list[str]:
         *((k, ident[k], k, rec[k]) for k in ("method", "backbone", "protocol", "seed",
                                              "eval_seed")),
         ("settings.label_fraction", ident["settings"]["label_fraction"],
-         "protocol_settings.label_fraction", settings.get("label_fraction", 1.0)),
+         "protocol_settings.label_fraction",
+         settings["label_fraction"] if "label_fraction" in settings else label_fraction(settings)),
         ("settings.feature_layer", ident["settings"].get("feature_layer"),
          "protocol_settings.feature_layer", settings.get("feature_layer")),
     ]

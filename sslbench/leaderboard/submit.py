@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import BOARD_DIR
 from ..errors import UserError
 from ..utils import atomic_write
 from .compare import results_dir, row_key
@@ -133,7 +134,7 @@ def _copy(src: Path, dest: Path) -> None:
     atomic_write(dest, lambda p: p.write_bytes(data))
 
 
-def submit(src: str | Path, to: str | Path = "leaderboard", dry_run: bool = False,
+def submit(src: str | Path, to: str | Path = BOARD_DIR, dry_run: bool = False,
            quiet: bool = False) -> Plan:
     """Copy the records of board ``src`` into board ``to`` and re-render ``to``.
 

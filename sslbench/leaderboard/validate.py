@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..config import BOARD_DIR
 from .record import record_path, schema_problems
 
 
@@ -66,7 +67,7 @@ def _validate(path: Path) -> tuple[int, list[str]]:
     return n, problems
 
 
-def validate_dir(path: str | Path = "leaderboard") -> list[str]:
+def validate_dir(path: str | Path = BOARD_DIR) -> list[str]:
     """Check every record file under a leaderboard directory (or a results directory).
 
     Args:
@@ -105,7 +106,7 @@ def _check_file(file: Path, root: Path, seen: dict[str, Path]) -> list[str]:
     return problems
 
 
-def main(path: str | Path = "leaderboard") -> int:
+def main(path: str | Path = BOARD_DIR) -> int:
     """Print one line per problem and a summary; return 0 when clean, 2 otherwise."""
     n, problems = _validate(Path(path))
     for line in problems:

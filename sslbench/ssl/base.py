@@ -6,18 +6,38 @@ A method is one file under ``sslbench/ssl/`` (or a plugin file/package): a subcl
 - ``Config``: a dataclass of its hyper-parameters (paper defaults), validated from ``method:``;
 - ``families``: the backbone families it supports (``"resnet"``, ``"vit"``);
 - ``make_views(images)``: the augmented views of a uint8 batch, made on the training device
-  (any number and resolution: multi-crop, masking inputs, rotations, patch pairs);
+  (any number and resolution: multi-crop, masking inputs, rotations, patch pairs), typically
+  ``self.normalize(augment(to_float(images)))`` with the helpers of :mod:`sslbench.views`;
+  ``self.normalize`` (the dataset's mean / std) is built here for every method;
 - ``forward(views, step)``: a dict with ``"loss"`` (scalar) and any extra scalars to log.
 
-and may override the per-step hooks the engine calls in this fixed order each step::
+and may override the per-step hooks, which :func:`sslbench.engine.train_step` (the one training
+step of the engine, the conformance kit and the tests) calls in this fixed order::
 
-    before_step(step)         # schedules that are not lr/wd: EMA momentum, teacher temperature
-    views = make_views(x)     # no grad
-    out = forward(views, step)  (autocast; inside DDP when distributed)
+    before_step(step)           # schedules that are not lr/wd: EMA momentum, teacher temperature
+    views = make_views(x)       # no grad
+    out = forward(views, step)  # autocast; inside DDP when distributed
     loss.backward()
-    after_backward(step)      # e.g. cancel last-layer grads (DINO), per-parameter clipping
+    after_backward(step)        # e.g. cancel last-layer grads (DINO), per-parameter clipping
     [global clipping] optimizer.step()
-    after_step(step)          # EMA teachers, queues, centres
+    after_step(step)            # updates that read the stepped weights: DINO's teacher EMA
+
+Where the state updates are. ``after_step`` holds the updates that must see the weights this
+step's optimizer step produced: DINO's teacher EMA (the official loop updates the teacher after
+``optimizer.step()``). The others stay in ``forward``, where the official code has them and where
+moving them would change the arithmetic or split one operation across two hooks:
+
+- MoCo v2 / v3 EMA-update the key (momentum) encoder inside ``forward``, *before* the keys are
+  computed from it, with the query weights as they are before this step's optimizer step
+  (official ``builder.py``: the momentum update, then ``k = encoder_k(im_k)``). Doing it in the
+  previous step's ``after_step`` instead is not the same computation: step 0 would lose its
+  update (``m·θ + (1 − m)·θ`` is not bit-exactly ``θ``), a scheduled momentum would be read one
+  step early, and the last step would add an update to the saved key encoder.
+- MoCo v2 enqueues this step's keys at the end of ``forward``, after the logits used a copy of
+  the queue; DINO updates its centre right after the loss used the previous centre (official
+  ``DINOLoss.forward``). Both use tensors made in ``forward``; nothing reads the queue or the
+  centre before the next forward, so ``after_step`` would change no number, only carry those
+  tensors from one hook to the other.
 
 State that must survive a restart (queues, pointers, centres, teachers) lives in modules or
 registered buffers, so it is saved with ``state_dict()``. Anything the engine must not train
@@ -36,6 +56,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from ..errors import UserError
 from ..registry import Registry
+from ..views import Normalize
 
 
 @dataclass(frozen=True)
@@ -85,15 +106,17 @@ class SSLMethod(nn.Module):
         self.backbone = backbone
         self.cfg = cfg
         self.data = data
+        self.normalize = Normalize(data.mean, data.std)  # images -> (x - mean) / std
 
     # -- construction-time checks ---------------------------------------------------------------
     @classmethod
     def check_backbone(cls, backbone: Backbone) -> None:
         """Raise a UserError when the backbone family is not supported."""
         if backbone.family not in cls.families:
+            example = "vit_tiny_patch16_224" if "vit" in cls.families else "resnet18"
             raise UserError(f"method '{cls.name}' does not support {backbone.family} backbones "
                             f"('{backbone.name}'); use one of: {', '.join(cls.families)} "
-                            f"(e.g. {'vit_tiny_patch16_224' if 'vit' in cls.families else 'resnet18'})")
+                            f"(e.g. {example})")
 
     # -- the contract ---------------------------------------------------------------------------
     def make_views(self, images: Tensor) -> Any:

@@ -1,4 +1,4 @@
-"""Context prediction / relative patch location (spec §8).
+"""Context prediction / relative patch location (docs/methods.md#context-prediction).
 
 [0] Doersch, Gupta, Efros. Unsupervised Visual Representation Learning by Context Prediction.
     ICCV 2015. https://arxiv.org/abs/1505.05192
@@ -6,8 +6,8 @@
 
 Each image gives a 3×3 grid of patches separated by a gap, every patch jittered independently.
 One shared backbone embeds all nine patches; the pooled features of a pair (first, second) are
-concatenated and an MLP predicts where the *second* patch lies relative to the first (spec §8,
-``pos2lbl``)::
+concatenated and an MLP predicts where the *second* patch lies relative to the first
+(docs/methods.md#context-prediction, the official ``pos2lbl``)::
 
     0 1 2        (dx, dy) = (-1,-1) -> 0, (0,-1) -> 1, (1,-1) -> 2, (-1,0) -> 3,
     3 · 4                   (1, 0) -> 4, (-1,1) -> 5, (0, 1) -> 6, (1, 1) -> 7
@@ -18,12 +18,12 @@ in the official code: gap + jitter (no boundary continuity), colour dropping (ke
 channel, mean-subtracted; the other two become uniform noise of ±half a grey level), random
 pixelation (p = 1/3, down to ~100 pixels) and per-patch RMS normalisation.
 
-Deviations from the paper / official code (all [ours] in spec §8):
+Deviations from the paper / official code (all [ours] in docs/methods.md#context-prediction):
 
 - Geometry is chosen from the image size S (:func:`default_geometry`): jitter
   ``j = max(1, round(S/56))``, gap ``g = 2j + max(1, round(S/28))``, patch
-  ``p = (S - 2g - 2j) // 3``. 32 px -> patch 8, gap 3, jitter ±1 (the spec's "9 px, gap 2, ±1"
-  has gap − 2·jitter = 0, i.e. touching patches); 224 px -> patch 61, gap 16, jitter ±4;
+  ``p = (S - 2g - 2j) // 3``. 32 px -> patch 8, gap 3, jitter ±1 (9 px patches with gap 2 and
+  ±1 jitter would have gap − 2·jitter = 0, i.e. touching patches); 224 px -> patch 61, gap 16, jitter ±4;
   64 px -> 18 / 4 / ±1. The grid always fits *without clamping* (the official code clamps,
   which can shrink a gap); the grid origin is random in whatever slack is left. The paper uses
   96 px patches, gap 48, jitter ±7 on 150k–450k-pixel images.
@@ -38,7 +38,7 @@ Deviations from the paper / official code (all [ours] in spec §8):
   every ordered adjacent pair of the grid (40, diagonals rarer), as the refactored code does.
 - Backbone: timm ResNet / ViT instead of AlexNet (fc6 4096); head ``MLP(2d -> 1024 -> 8)``
   (BN after the hidden layer) instead of fc7 -> fc8 -> fc9 (4096, 4096, 8). Loss: the *mean*
-  cross-entropy over pairs (Caffe summed; spec pitfall 5).
+  cross-entropy over pairs (Caffe summed; pitfall 5).
 - Evaluation runs the backbone on full images, whereas it was trained on small patches: a
   resolution mismatch (e.g. 8 px patches vs 32 px images; for ViTs the position embedding is
   interpolated from the patch grid during pretraining). Expect probes to lag methods trained on
@@ -56,7 +56,6 @@ from torch import Tensor
 
 from ..config import NONNEG_INT, POS_INT, POSITIVE, PROB, OneOf, checked
 from ..errors import UserError
-from .augment import Normalize
 from .base import SSLMethod, StepInfo, register_method
 from .heads import mlp_head
 
@@ -267,7 +266,6 @@ class ContextPrediction(SSLMethod):
         d = backbone.num_features
         self.head = mlp_head(2 * d, cfg.head_hidden_dim, NUM_CLASSES, num_layers=2,
                              batch_norm=cfg.head_batch_norm)
-        self.normalize = Normalize(data.mean, data.std)
 
     def _input_size(self, requested: Optional[int]) -> int:
         multiple = self.backbone.patch_size or 1

@@ -1,4 +1,4 @@
-"""DINO: self-distillation with no labels (spec §5).
+"""DINO: self-distillation with no labels (docs/methods.md#dino).
 
 [0] Caron, Touvron, Misra, Jégou, Mairal, Bojanowski, Joulin. Emerging Properties in
     Self-Supervised Vision Transformers. ICCV 2021. https://arxiv.org/abs/2104.14294
@@ -9,12 +9,13 @@ output distribution of a teacher (an EMA of the student, backbone and head) acro
 views; the teacher sees only the two global crops, the student sees every crop, and the
 student-vs-same-view terms are skipped. The teacher (not the student) is evaluated.
 
-Defaults are the 32 px values of the spec where it gives them, otherwise the official ViT code:
+Defaults are the 32 px values of docs/methods.md#dino where it gives them, otherwise the
+official ViT code:
 
 - K = ``out_dim`` = 4096 prototypes (solo-learn CIFAR; the official code uses 65536), head
   d → 2048 → 2048 → 256 with GELU and no BN, 8 local crops (official);
-- EMA momentum 0.996 → 1 (official; solo-learn's CIFAR recipe uses 0.9995 → 1, which the spec
-  recommends for B ≈ 256 — set ``momentum_teacher`` in the recipe);
+- EMA momentum 0.996 → 1 (official; solo-learn's CIFAR recipe uses 0.9995 → 1, which the
+  official help text advises for B ≈ 256 — set ``momentum_teacher`` in the recipe);
 - τ_s = 0.1; τ_t linear 0.04 → 0.07 over 30 epochs, then 0.07: the official README "boost"
   setting (the official code default is 0.04 constant; solo-learn's CIFAR config reaches 0.07
   with 0 warm-up epochs now, 50 in earlier versions). With 0 warm-up epochs the generic
@@ -25,11 +26,11 @@ Defaults are the 32 px values of the spec where it gives them, otherwise the off
 
 Deviations from the official code:
 
-- Multi-crop at 32 px [ours, spec §5]: 2 global 32 px crops with scale (0.4, 1) ((0.14, 1) when
-  ``num_local_crops`` = 0) and 16 px local crops with scale (0.05, 0.4); at 224 px the official
-  224 / 96. Gaussian blur is off by default at 32 px (spec §1.3; the official 224 px values are
-  ``global_blur_p: [1.0, 0.1]``, ``local_blur_p: 0.5``); crops are resized bilinearly (kornia)
-  rather than bicubically.
+- Multi-crop at 32 px ([ours], docs/methods.md#dino): 2 global 32 px crops with scale (0.4, 1)
+  ((0.14, 1) when ``num_local_crops`` = 0) and 16 px local crops with scale (0.05, 0.4); at
+  224 px the official 224 / 96. Gaussian blur is off by default at 32 px
+  (docs/methods.md#augmentation; the official 224 px values are ``global_blur_p: [1.0, 0.1]``,
+  ``local_blur_p: 0.5``); crops are resized bilinearly (kornia) rather than bicubically.
 - The weight-normalised last layer is written out by hand (``weight_g``, ``weight_v`` as in
   ``torch.nn.utils.weight_norm``) so that ``state_dict`` and ``deepcopy`` need no parametrisation
   machinery; its maths is the official ``g · v / ‖v‖`` per prototype.
@@ -54,7 +55,7 @@ from ..config import (CROP_SCALE, EMA, JITTER, NONNEG, NONNEG_INT, POS_INT, POSI
 from ..distributed import all_reduce_mean
 from ..errors import UserError
 from ..schedules import cosine_momentum
-from .augment import Normalize, simclr_view
+from ..views import simclr_view, to_float
 from .base import SSLMethod, StepInfo, register_method
 from .ema import ema_update, frozen_copy
 
@@ -243,7 +244,6 @@ class DINO(SSLMethod):
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))  # (1, K), checkpointed
         self.teacher_temp = teacher_temperature(0, cfg.warmup_teacher_temp, cfg.teacher_temp,
                                                 cfg.warmup_teacher_temp_epochs)
-        self.normalize = Normalize(data.mean, data.std)
         self._build_augmentations(data.image_size)
 
     # -- construction helpers -------------------------------------------------------------------
@@ -286,7 +286,7 @@ class DINO(SSLMethod):
     def make_views(self, images: Tensor) -> list[Tensor]:
         """``[globals (2B, 3, S, S), locals (L·B, 3, s, s)]`` (locals omitted when L = 0), each
         stacked view by view (``[g1; g2]``, ``[l1; …; lL]``) so that ``chunk`` splits views."""
-        x = images.float().div_(255.0)
+        x = to_float(images)
         globals_ = torch.cat([aug(x) for aug in self.global_augs])  # (2B, 3, S, S)
         views = [self.normalize(globals_)]
         if self.cfg.num_local_crops > 0:

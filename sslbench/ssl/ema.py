@@ -1,4 +1,7 @@
-"""EMA teachers / momentum encoders (MoCo, MoCo v3, DINO; spec §1.2)."""
+"""EMA teachers / momentum encoders (MoCo, MoCo v3, DINO).
+
+Update and momentum schedule: docs/methods.md#optimisers-and-schedules.
+"""
 from __future__ import annotations
 
 import copy

@@ -1,11 +1,12 @@
 """Greedy local contrastive learning: GIM-style isolated stages and LoCo overlapping blocks
-(spec §9, §10).
+(docs/methods.md#gim, #loco).
 
 [0] Löwe, O'Connor, Veeling. Putting An End to End-to-End: Gradient-Isolated Learning of
     Representations (Greedy InfoMax). NeurIPS 2019. https://arxiv.org/abs/1905.11786
     Official code: https://github.com/loeweX/Greedy_InfoMax
 [1] Xiong, Ren, Urtasun. LoCo: Local Contrastive Representation Learning. NeurIPS 2020.
-    https://arxiv.org/abs/2008.01342 (no official code found; see spec §10, §14.1)
+    https://arxiv.org/abs/2008.01342 (no official code found; docs/methods.md#loco and
+    #open-questions)
 
 The timm backbone is cut into ``num_stages`` consecutive stages S_1..S_S that ARE the timm
 model's own modules, run in timm's ``forward_features`` order, so the backbone evaluated later
@@ -25,11 +26,12 @@ the local losses; all stages train simultaneously, isolated from each other by `
 
 - ``overlap: false`` (GIM on SimCLR, the LoCo paper's baseline): ``h_i = S_i(sg(h_{i-1}))``,
   ``L_i = obj(head_i(pool(h_i)))``; only S_i and head_i receive gradient from L_i.
-- ``overlap: true`` (LoCo as specified in spec §10 [ours]/[paper?], not checked against the
-  paper): local block i is (S_i, S_{i+1}); ``L_i = obj(head_i(pool(S_{i+1}(h_i))))`` with
-  ``h_i = S_i(sg(h_{i-1}))``, so L_i trains S_i and S_{i+1}, and the next block starts from
-  ``S_{i+1}(sg(h_i))``. The last stage gets a plain local loss. Each middle stage thus receives
-  gradient from two losses (as "decoder" of L_i and as the bottom of L_{i+1}).
+- ``overlap: true`` (LoCo as described in docs/methods.md#loco, [ours]/[paper?]: not checked
+  against the paper): local block i is (S_i, S_{i+1});
+  ``L_i = obj(head_i(pool(S_{i+1}(h_i))))`` with ``h_i = S_i(sg(h_{i-1}))``, so L_i trains S_i
+  and S_{i+1}, and the next block starts from ``S_{i+1}(sg(h_i))``. The last stage gets a plain
+  local loss. Each middle stage thus receives gradient from two losses (as "decoder" of L_i
+  and as the bottom of L_{i+1}).
   The shared stage S_{i+1} is RUN TWICE per step (once as decoder on ``h_i``, once on
   ``sg(h_i)``): every stage but the first runs twice per step. The decoder pass normalises
   with batch statistics exactly like the main pass but does NOT update BatchNorm running
@@ -44,12 +46,13 @@ the backbone itself reads out — the cls token for ``global_pool="token"`` (tim
 otherwise the mean of the patch tokens (never the final ``norm``/``fc_norm``/``attn_pool``, which
 belong to the last stage and must not receive gradient from other stages).
 
-Deviations from GIM proper (spec §9) [ours]: the objective is SimCLR's NT-Xent on globally pooled
-features of two augmented views (the "GIM on SimCLR" baseline of the LoCo paper, spec §10), not
-GIM's CPC/InfoNCE over a 7×7 grid of overlapping patches with a BN-free pre-activation ResNet;
-the timm backbones keep their BatchNorm (statistics are per stage anyway, and no patches are
-folded into the batch, so spec §9 pitfall (4) does not arise). Evaluation reads the last stage
-only (the ``eval_backbone`` contract has no per-stage probes; spec §9 pitfall (5)).
+Deviations from GIM proper (docs/methods.md#gim) [ours]: the objective is SimCLR's NT-Xent on
+globally pooled features of two augmented views (the "GIM on SimCLR" baseline of the LoCo paper,
+docs/methods.md#loco), not GIM's CPC/InfoNCE over a 7×7 grid of overlapping patches with a
+BN-free pre-activation ResNet; the timm backbones keep their BatchNorm (statistics are per stage
+anyway, and no patches are folded into the batch, so GIM pitfall 4 does not arise). Evaluation
+reads the last stage only (the ``eval_backbone`` contract has no per-stage probes; GIM pitfall
+5).
 """
 from __future__ import annotations
 
@@ -64,10 +67,9 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from ..config import POS_INT, OneOf, checked
 from ..errors import UserError, did_you_mean
-from .augment import Normalize, simclr_view
 from .base import DataSpec, SSLMethod, StepInfo, register_method
-from .heads import mlp_head
-from .simclr import SimCLR, nt_xent_loss
+from .simclr import (ProjectionConfig, TwoViewConfig, nt_xent_loss, projection_head,
+                     two_view_augment, two_views)
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -122,18 +124,14 @@ class GreedyLocal(SSLMethod):
     paper = "Löwe et al., NeurIPS 2019 (GIM); Xiong et al., NeurIPS 2020 (LoCo)"
 
     @dataclass
-    class Config(SimCLR.Config):
-        """SimCLR's temperature, head and view settings (inherited, same defaults), plus the
+    class Config(TwoViewConfig, ProjectionConfig):
+        """SimCLR's pieces (its head and loss settings, its two views; same defaults), plus the
         fields below. ``proj_hidden_dim: None`` means each head's own input width."""
 
         num_stages: int = checked(POS_INT, 4)  # ResNet: groups of layer1..4 (<= 4); ViT: blocks
         overlap: bool = False  # False: GIM-style isolated stages; True: LoCo blocks (S_i, S_i+1)
         # key of OBJECTIVES: (z1, z2) -> loss on each stage's head
         objective: str = checked(OneOf(lambda: OBJECTIVES), "nt_xent")
-
-    # SimCLR's two-view pipeline, unchanged: it only reads ``self.normalize`` / ``self.augment``,
-    # which __init__ builds exactly as SimCLR does.
-    make_views = SimCLR.make_views
 
     def __init__(self, backbone: Backbone, cfg: Any, data: DataSpec) -> None:
         super().__init__(backbone, cfg, data)
@@ -155,20 +153,13 @@ class GreedyLocal(SSLMethod):
         for name, _ in model.named_parameters():
             self.stage_of(name)
 
-        heads = []
-        for i in range(self.num_stages):
-            d = self.stage_dim(self.head_input_stage(i))
-            head = mlp_head(d, cfg.proj_hidden_dim or d, cfg.proj_dim, num_layers=2,
-                            batch_norm=cfg.head_batch_norm, last_bn=cfg.head_batch_norm)
-            if cfg.head_batch_norm:  # as SimCLR (official code): last BN has no centre
-                head[-1].bias.requires_grad_(False)
-            heads.append(head)
-        self.heads = nn.ModuleList(heads)  # one head per local loss, never shared
+        # one SimCLR projection head per local loss, never shared
+        self.heads = nn.ModuleList([projection_head(self.stage_dim(self.head_input_stage(i)), cfg)
+                                    for i in range(self.num_stages)])
+        self.augment = two_view_augment(data.image_size, cfg)  # SimCLR's views
 
-        # the attributes SimCLR.make_views reads, built as SimCLR builds them
-        self.normalize = Normalize(data.mean, data.std)
-        self.augment = simclr_view(data.image_size, cfg.crop_scale, cfg.color_strength,
-                                   blur_p=cfg.blur_p, flip_p=cfg.flip_p)
+    def make_views(self, images: Tensor) -> list[Tensor]:
+        return two_views(images, self.augment, self.normalize)
 
     # -- stage structure --------------------------------------------------------------------------
     def head_input_stage(self, i: int) -> int:

@@ -12,7 +12,7 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2,
     Hidden layers: Linear -> [BN] -> ReLU. Last layer: Linear [-> BN]. With BN the linear layers
     have no bias (it would be cancelled by the BN). This covers the SimCLR (official code: BN after
     every layer, last BN without centre), MoCo v2 (no BN) and MoCo v3 (last BN without affine)
-    heads of the spec.
+    heads (docs/methods.md#simclr, #moco-v2, #moco-v3).
     """
     assert num_layers >= 1
     if bias is None:

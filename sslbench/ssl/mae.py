@@ -1,4 +1,4 @@
-"""Masked Autoencoders, MAE (spec §6).
+"""Masked Autoencoders, MAE (docs/methods.md#mae).
 
 [0] He, Chen, Xie, Li, Dollár, Girshick. Masked Autoencoders Are Scalable Vision Learners.
     CVPR 2022. https://arxiv.org/abs/2111.06377
@@ -10,7 +10,7 @@ decoder reconstructs the normalised pixels of the masked patches, and the loss i
 error over masked patches only, with per-patch normalised targets (``norm_pix_loss``).
 
 The backbone's learned position embedding is replaced at construction by the fixed 2-D sin-cos
-embedding (cls slot zero, ``requires_grad=False``, spec pitfall 6). It stays a ``pos_embed``
+embedding (cls slot zero, ``requires_grad=False``, pitfall 6). It stays a ``pos_embed``
 parameter of the timm model, so the saved backbone evaluates later with exactly these embeddings
 and loads into a stock ``timm.create_model`` (other resolutions go through timm's usual
 ``dynamic_img_size`` resampling).
@@ -19,7 +19,7 @@ Deviations from the paper / official code (and why):
 
 - Decoder size is configurable (``decoder_dim``/``decoder_depth``/``decoder_heads``); the default
   is the paper's 512 × 8 × 16, but CPU recipes at 32 px use much lighter decoders (e.g.
-  128 × 2 × 4, ``recipes/embedded/mae_vit.yaml``). The spec lists a lighter decoder as a
+  128 × 2 × 4, ``recipes/embedded/mae_vit.yaml``). A lighter decoder is a
   reasonable ablation for ViT-Ti/S at 32 px; linear-probe accuracy is the number it affects most.
 - Augmentation: RandomResizedCrop with the paper's scale (0.2, 1) (solo-learn's 32 px config uses
   (0.08, 1); set ``crop_scale``), bicubic as in the paper, clamped to [0, 1] because bicubic
@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from ..config import CROP_SCALE, OPEN_UNIT, POS_INT, POSITIVE, PROB, checked
 from ..errors import UserError
-from .augment import Normalize
+from ..views import to_float
 from .base import DataSpec, SSLMethod, StepInfo, register_method
 
 _LN = partial(nn.LayerNorm, eps=1e-6)  # official code: LayerNorm eps 1e-6 everywhere
@@ -64,7 +64,7 @@ def sincos_pos_embed_2d(dim: int, grid: Sequence[int], cls_token: bool = False) 
     The first half of the channels encodes the column (w) coordinate, the second half the row (h)
     coordinate, each as ``[sin(pos·ω_k), cos(pos·ω_k)]`` with ``ω_k = 10000^(-k/(dim/4))``, the
     same layout as the official helper, so weights stay interchangeable. Computed in float64
-    (the reference helper's ``np.float`` breaks on NumPy >= 1.24, spec pitfall 7).
+    (the reference helper's ``np.float`` breaks on NumPy >= 1.24, pitfall 7).
 
     Args:
         dim: embedding width, divisible by 4.
@@ -132,7 +132,7 @@ def random_masking(x: Tensor, mask_ratio: float, generator: Optional[torch.Gener
     is reproducible (and resumes exactly).
 
     Args:
-        x: tokens [N, L, D] (position embedding already added, spec pitfall 4).
+        x: tokens [N, L, D] (position embedding already added, pitfall 4).
         mask_ratio: fraction r of tokens removed; ``int(L·(1 − r))`` are kept.
 
     Returns:
@@ -309,7 +309,6 @@ class MAE(SSLMethod):
 
         self.decoder = MAEDecoder(d, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
                                   cfg.decoder_mlp_ratio, self.grid, self.patch_size)
-        self.normalize = Normalize(data.mean, data.std)
         self.augment = nn.Sequential(
             K.RandomResizedCrop((data.image_size, data.image_size), scale=tuple(cfg.crop_scale),
                                 resample="BICUBIC"),
@@ -319,7 +318,7 @@ class MAE(SSLMethod):
     @torch.no_grad()
     def make_views(self, images: Tensor) -> Tensor:
         """One view per image: RRC + flip only (heavier augmentation hurts MAE, pitfall 8)."""
-        x = images.float().div_(255.0)
+        x = to_float(images)
         return self.normalize(self.augment(x).clamp_(0.0, 1.0))  # [N, 3, H, W]
 
     # -- encoder / decoder / loss -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""MoCo v2: momentum contrast with a queue of negatives (spec §3).
+"""MoCo v2: momentum contrast with a queue of negatives (docs/methods.md#moco-v2).
 
 [0] Chen, Fan, Girshick, He. Improved Baselines with Momentum Contrastive Learning.
     arXiv 2020. https://arxiv.org/abs/2003.04297
@@ -17,7 +17,7 @@ Defaults and deviations:
   (0.08, 1), flip, jitter (0.4, 0.4, 0.4, 0.1) p = 0.8, grayscale 0.2, no blur, SplitBN with 8
   splits. ``momentum_end`` switches to the cosine schedule (solo-learn MoCo v2+: 0.99 → 0.999).
 - Head: the MoCo v2 ``--mlp`` head Linear(d, d) → ReLU → Linear(d, 128), no BN (the demo used a
-  linear fc on ResNet-18; the brief asks for the v2 MLP head).
+  linear fc on ResNet-18; the v2 paper's MLP head is what distinguishes v2 from v1).
 - Shuffle-BN: every BatchNorm2d of the backbone (query *and* key encoder, as in the demo) becomes
   a :class:`SplitBatchNorm` (per-chunk statistics in training, plain BN in eval); the key batch
   is additionally permuted before the key encoder and un-permuted after (the demo's single-GPU
@@ -27,7 +27,8 @@ Defaults and deviations:
   Its state_dict keys equal BatchNorm2d's, so the exported backbone loads into a stock timm model.
 - ``symmetric: true`` is solo-learn's MoCo v2+: ``½[L(q1, k2, Q2) + L(q2, k1, Q1)]`` with one
   queue per view (``queue`` holds view-2 keys, ``queue_v1`` view-1 keys), one shared pointer.
-- ResNets only (the spec's MoCo v2 section; ViTs have no BN for Shuffle-BN to act on).
+- ResNets only (the published recipes are ResNet ones; ViTs have no BN for Shuffle-BN to act
+  on).
 
 Note: on a *fixed* batch of views the loss cannot decrease: every step enqueues near-copies of
 the next step's positive keys, so after s steps each query has ~s duplicates of its positive
@@ -50,7 +51,7 @@ from ..config import CROP_SCALE, EMA, JITTER, POS_INT, POSITIVE, PROB, checked
 from ..distributed import gather_no_grad, is_dist, rank, world_size
 from ..errors import UserError
 from ..schedules import cosine_momentum
-from .augment import Normalize, simclr_view
+from ..views import simclr_view, to_float
 from .base import SSLMethod, StepInfo, register_method
 from .ema import ema_update, frozen_copy
 from .heads import mlp_head
@@ -196,7 +197,6 @@ class MoCoV2(SSLMethod):
             self.register_buffer("queue_v1", F.normalize(torch.randn_like(queue), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         self.momentum = cfg.momentum  # set per step in before_step
-        self.normalize = Normalize(data.mean, data.std)
         self.augment = simclr_view(data.image_size, cfg.crop_scale, jitter=cfg.jitter,
                                    blur_p=cfg.blur_p, flip_p=cfg.flip_p, gray_p=cfg.gray_p,
                                    invert_p=cfg.invert_p)
@@ -209,7 +209,7 @@ class MoCoV2(SSLMethod):
 
     @torch.no_grad()
     def make_views(self, images: Tensor) -> list[Tensor]:
-        x = images.float().div_(255.0)
+        x = to_float(images)
         # same pipeline for both views; parameters are drawn per sample
         views = self.normalize(self.augment(torch.cat([x, x])))
         return list(views.chunk(2))

@@ -1,4 +1,6 @@
-"""MoCo v3: symmetric contrastive loss with a predictor and a momentum encoder, no queue (spec §4).
+"""MoCo v3: symmetric contrastive loss with a predictor and a momentum encoder, no queue.
+
+docs/methods.md#moco-v3.
 
 [0] Chen, Xie, He. An Empirical Study of Training Self-Supervised Vision Transformers.
     ICCV 2021. https://arxiv.org/abs/2104.02057
@@ -19,8 +21,8 @@ Defaults and deviations:
   cosine, hidden 4096, out 256. ``hidden_dim`` may be lowered for CPU recipes.
 - Augmentation is BYOL-style asymmetric, jitter (0.4, 0.4, 0.2, 0.1) p = 0.8, grayscale 0.2,
   flip, crop scale (0.08, 1); view 2 solarizes with p = 0.2. Blur (view 1 p = 1.0, view 2
-  p = 0.1 at 224 px) is off by default at 32 px (spec §1.3: blur hurts at CIFAR size); set
-  ``blur_p1`` / ``blur_p2`` for 224 px.
+  p = 0.1 at 224 px) is off by default at 32 px (blur hurts at CIFAR size:
+  docs/methods.md#augmentation); set ``blur_p1`` / ``blur_p2`` for 224 px.
 - ``stop_grad_conv1`` (default True, ViTs only; ignored for ResNets) freezes the random patch
   projection (the paper's stability trick) by ``requires_grad=False`` on timm's
   ``patch_embed.proj``.
@@ -40,7 +42,7 @@ from torch import Tensor, nn
 from ..config import CROP_SCALE, EMA, JITTER, POS_INT, POSITIVE, PROB, checked
 from ..distributed import gather_no_grad, rank
 from ..schedules import cosine_momentum
-from .augment import Normalize, simclr_view
+from ..views import simclr_view, to_float
 from .base import SSLMethod, StepInfo, register_method
 from .ema import ema_update, frozen_copy
 from .heads import mlp_head
@@ -121,7 +123,6 @@ class MoCoV3(SSLMethod):
         self.momentum_backbone = frozen_copy(backbone)
         self.momentum_projector = frozen_copy(self.projector)
         self.momentum = cfg.momentum  # set per step in before_step
-        self.normalize = Normalize(data.mean, data.std)
         common = dict(crop_scale=cfg.crop_scale, jitter=cfg.jitter, flip_p=cfg.flip_p,
                       gray_p=cfg.gray_p, invert_p=cfg.invert_p)
         self.augment1 = simclr_view(data.image_size, blur_p=cfg.blur_p1,
@@ -135,7 +136,7 @@ class MoCoV3(SSLMethod):
 
     @torch.no_grad()
     def make_views(self, images: Tensor) -> list[Tensor]:
-        x = images.float().div_(255.0)
+        x = to_float(images)
         return [self.normalize(self.augment1(x)), self.normalize(self.augment2(x))]
 
     def query(self, x: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Rotation prediction, RotNet (spec §7).
+"""Rotation prediction, RotNet (docs/methods.md#rotation-prediction).
 
 [0] Gidaris, Singh, Komodakis. Unsupervised Representation Learning by Predicting Image
     Rotations. ICLR 2018. https://arxiv.org/abs/1803.07728
@@ -8,13 +8,15 @@ Every image of the batch appears four times, rotated by 0°, 90°, 180° and 270
 (``torch.rot90(x, k, dims=(-2, -1))`` = ``np.rot90``), *interleaved per image* as in the official
 collate: sample ``j`` of the 4B batch is image ``j // 4`` rotated by ``k = j mod 4``, and ``k`` is
 its label. The augmentation (random crop + flip) runs *before* the rotation, so zero-padded
-borders are placed at random and cannot correlate with the label (spec §7 pitfall 2).
+borders are placed at random and cannot correlate with the label
+(docs/methods.md#rotation-prediction, pitfall 2).
 
 Deviations from the paper / official code:
 
 - Backbone: timm ResNet / ViT instead of Network-in-Network (CIFAR) or AlexNet (ImageNet); the
-  4-way head is ``Linear(d, 4)`` on the pooled features (spec §7 [ours]); evaluation uses the
-  same pooled features, not the paper's best intermediate block.
+  4-way head is ``Linear(d, 4)`` on the pooled features ([ours] in
+  docs/methods.md#rotation-prediction); evaluation uses the same pooled features, not the
+  paper's best intermediate block.
 - Augmentation is batched on the device with kornia (per-sample parameters): at <= 64 px
   ``RandomCrop(size, padding=4)`` + flip (official CIFAR), above ``RandomResizedCrop`` + flip
   (official ImageNet ``RandomSizedCrop``). Normalisation uses the dataset's mean/std
@@ -33,7 +35,7 @@ from torch import Tensor, nn
 
 from ..config import CROP_SCALE, NONNEG_INT, PROB, OneOf, checked
 from ..errors import UserError
-from .augment import Normalize
+from ..views import to_float
 from .base import SSLMethod, StepInfo, register_method
 
 NUM_ROTATIONS = 4
@@ -56,7 +58,8 @@ def all_rotations(x: Tensor) -> tuple[Tensor, Tensor]:
         labels (4B,) = ``j % 4``.
     """
     if x.shape[-1] != x.shape[-2]:
-        # a 90° rotation of a non-square image changes its shape (spec §7 pitfall 1)
+        # a 90° rotation of a non-square image changes its shape
+        # (docs/methods.md#rotation-prediction, pitfall 1)
         raise ValueError(f"rotation needs square images, got {tuple(x.shape[-2:])}")
     views = torch.stack([rotate(x, k) for k in range(NUM_ROTATIONS)], dim=1)  # (B, 4, C, H, W)
     labels = torch.arange(NUM_ROTATIONS, device=x.device).repeat(x.shape[0])  # (4B,)
@@ -106,14 +109,13 @@ class RotNet(SSLMethod):
         if cfg.crop not in CROPS:
             raise UserError(f"method.crop must be one of {', '.join(CROPS)}, got '{cfg.crop}'")
         self.head = nn.Linear(backbone.num_features, NUM_ROTATIONS)
-        self.normalize = Normalize(data.mean, data.std)
         self.augment = base_augment(data.image_size, cfg.crop, cfg.crop_padding,
                                     list(cfg.crop_scale), cfg.flip_p)
 
     @torch.no_grad()
     def make_views(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) uint8 -> (4B, 3, S, S) normalised, interleaved rotations."""
-        x = self.augment(images.float().div_(255.0))  # augment first, then rotate
+        x = self.augment(to_float(images))  # augment first, then rotate
         views, _ = all_rotations(x)
         return self.normalize(views)
 

@@ -1,4 +1,4 @@
-"""SimCLR v1 (spec §2).
+"""SimCLR v1 (docs/methods.md#simclr).
 
 [0] Chen, Kornblith, Norouzi, Hinton. A Simple Framework for Contrastive Learning of Visual
     Representations. ICML 2020. https://arxiv.org/abs/2002.05709
@@ -17,11 +17,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..config import CROP_SCALE, NONNEG, POS_INT, POSITIVE, PROB, checked
 from ..distributed import gather_with_grad, rank
-from .augment import Normalize, simclr_view
+from ..views import simclr_view, to_float
 from .base import SSLMethod, StepInfo, register_method
 from .heads import mlp_head
 
@@ -56,6 +56,54 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float, gather: bool = True
     return F.cross_entropy(logits, pos_idx)
 
 
+# -- the pieces SimCLR is made of (greedy local learning reuses them per stage) -----------------
+
+@dataclass
+class ProjectionConfig:
+    """The NT-Xent temperature and the projection head."""
+
+    temperature: float = checked(POSITIVE, 0.5)  # official CIFAR-10 recipe; ImageNet: 0.1
+    # None: the head's input width (paper v1: the backbone's feature dim)
+    proj_hidden_dim: Optional[int] = checked(POS_INT.or_null("for the feature dim"), None)
+    proj_dim: int = checked(POS_INT, 128)
+    head_batch_norm: bool = True
+
+
+@dataclass
+class TwoViewConfig:
+    """The augmentation both views are drawn with."""
+
+    crop_scale: list[float] = checked(CROP_SCALE, factory=lambda: [0.08, 1.0])
+    color_strength: float = checked(NONNEG, 0.5)  # 0.5 at 32 px, 1.0 at 224 px
+    blur_p: float = checked(PROB, 0.0)  # off at 32 px (hurts); 0.5 at 224 px
+    flip_p: float = checked(PROB, 0.5)
+
+
+def projection_head(in_dim: int, cfg: ProjectionConfig) -> nn.Sequential:
+    """SimCLR's 2-layer projection head on ``in_dim`` features."""
+    head = mlp_head(in_dim, cfg.proj_hidden_dim or in_dim, cfg.proj_dim, num_layers=2,
+                    batch_norm=cfg.head_batch_norm, last_bn=cfg.head_batch_norm)
+    if cfg.head_batch_norm:  # official code: last BN has scale but no centre
+        head[-1].bias.requires_grad_(False)
+    return head
+
+
+def two_view_augment(image_size: int, cfg: TwoViewConfig) -> nn.Sequential:
+    """The one pipeline both views go through (on [0, 1] floats)."""
+    return simclr_view(image_size, cfg.crop_scale, cfg.color_strength, blur_p=cfg.blur_p,
+                       flip_p=cfg.flip_p)
+
+
+@torch.no_grad()
+def two_views(images: Tensor, augment: nn.Module, normalize: nn.Module) -> list[Tensor]:
+    """Two normalised views of a uint8 batch, each (n, 3, H, W)."""
+    x = to_float(images)
+    # one call on both copies: parameters are drawn per sample anyway, and one batched
+    # call is about twice as fast as two on CPU
+    views = normalize(augment(torch.cat([x, x])))
+    return list(views.chunk(2))
+
+
 @register_method("simclr")
 class SimCLR(SSLMethod):
     """SimCLR: two augmented views, projection head, NT-Xent with in-batch negatives."""
@@ -64,35 +112,16 @@ class SimCLR(SSLMethod):
     paper = "Chen et al., ICML 2020"
 
     @dataclass
-    class Config:
-        temperature: float = checked(POSITIVE, 0.5)  # official CIFAR-10 recipe; ImageNet: 0.1
-        # None: the backbone's feature dim (paper v1)
-        proj_hidden_dim: Optional[int] = checked(POS_INT.or_null("for the feature dim"), None)
-        proj_dim: int = checked(POS_INT, 128)
-        head_batch_norm: bool = True
-        crop_scale: list[float] = checked(CROP_SCALE, factory=lambda: [0.08, 1.0])
-        color_strength: float = checked(NONNEG, 0.5)  # 0.5 at 32 px, 1.0 at 224 px
-        blur_p: float = checked(PROB, 0.0)  # off at 32 px (hurts); 0.5 at 224 px
-        flip_p: float = checked(PROB, 0.5)
+    class Config(TwoViewConfig, ProjectionConfig):
+        """The head and loss settings, then the view settings (flat under ``method:``)."""
 
     def __init__(self, backbone, cfg, data) -> None:
         super().__init__(backbone, cfg, data)
-        d = backbone.num_features
-        self.projector = mlp_head(d, cfg.proj_hidden_dim or d, cfg.proj_dim, num_layers=2,
-                                  batch_norm=cfg.head_batch_norm, last_bn=cfg.head_batch_norm)
-        if cfg.head_batch_norm:  # official code: last BN has scale but no centre
-            self.projector[-1].bias.requires_grad_(False)
-        self.normalize = Normalize(data.mean, data.std)
-        self.augment = simclr_view(data.image_size, cfg.crop_scale, cfg.color_strength,
-                                   blur_p=cfg.blur_p, flip_p=cfg.flip_p)
+        self.projector = projection_head(backbone.num_features, cfg)
+        self.augment = two_view_augment(data.image_size, cfg)
 
-    @torch.no_grad()
     def make_views(self, images: Tensor) -> list[Tensor]:
-        x = images.float().div_(255.0)
-        # one call on both copies: parameters are drawn per sample anyway, and one batched
-        # call is about twice as fast as two on CPU
-        views = self.normalize(self.augment(torch.cat([x, x])))
-        return list(views.chunk(2))
+        return two_views(images, self.augment, self.normalize)
 
     def forward(self, views: list[Tensor], step: StepInfo) -> dict[str, Tensor]:
         n = views[0].shape[0]

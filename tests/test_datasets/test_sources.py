@@ -1,4 +1,5 @@
-"""Tests for sslbench.datasets.sources: every format is built locally in tmp_path."""
+"""Tests for the data sources (cifar, imagefolder, hf) and their dispatch ``load_source``:
+every format is built locally in tmp_path."""
 from __future__ import annotations
 
 import pickle
@@ -10,7 +11,10 @@ import torch
 from PIL import Image
 
 from sslbench.datasets.base import ImageDataset, TensorImageDataset
-from sslbench.datasets.sources import load_cifar, load_hf, load_imagefolder, load_source
+from sslbench.datasets.cifar import load_cifar
+from sslbench.datasets.hf import load_hf
+from sslbench.datasets.imagefolder import load_imagefolder
+from sslbench.datasets.sources import load_source
 from sslbench.errors import UserError
 
 datasets = pytest.importorskip("datasets")

@@ -16,9 +16,9 @@ import pytest
 
 from conftest import make_record as base_record
 
+from sslbench.leaderboard.aggregation import aggregate
 from sslbench.leaderboard.html import REPORTED_TITLE, render_html, render_html_dir
 from sslbench.leaderboard.record import write_record
-from sslbench.leaderboard.render import aggregate
 from sslbench.leaderboard.store import load_records
 
 REPO = Path(__file__).resolve().parents[2]

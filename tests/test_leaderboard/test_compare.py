@@ -10,25 +10,16 @@ from typing import Any
 import pytest
 from scipy import stats
 
-from conftest import make_record
+from conftest import make_record, make_record_v2
 
 from sslbench.cli import main
-from sslbench.identity import identity_hash, record_identity
 from sslbench.leaderboard.compare import compare_records, render_md, summary_line
 from sslbench.leaderboard.record import write_record
 
 T_975_2 = 4.302653  # Student t, 0.975 quantile, 2 degrees of freedom
 
 
-def v2(config: dict[str, Any] | None = None, suite: str | None = "embedded",
-       **fields: Any) -> dict[str, Any]:
-    """A schema v2 record: ``make_record`` plus identity, identity_hash and suite."""
-    rec = make_record(config=config if config is not None else {"optim": {"lr": 0.1}}, **fields)
-    identity = record_identity(rec, {"name": rec["dataset"], "fingerprint": "0" * 16},
-                               rec["config"])
-    rec.update(schema_version=2, identity=identity, identity_hash=identity_hash(identity),
-               suite=suite)
-    return rec
+v2 = make_record_v2
 
 
 def accs(values: list[float], make=make_record, seeds=None, **fields: Any) -> list[dict]:

@@ -11,9 +11,11 @@ import pytest
 
 from conftest import make_record
 
+from sslbench.leaderboard.aggregation import aggregate
 from sslbench.leaderboard.html import render_html, render_html_dir
+from sslbench.leaderboard.markdown import render_markdown
 from sslbench.leaderboard.record import schema_problems, write_record
-from sslbench.leaderboard.render import aggregate, render, render_markdown
+from sslbench.leaderboard.render import render
 
 HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "<svg onload=alert(1)>",
            "](javascript:alert(1))", "a | b\nc `d` *e* _f_ [g] ~~h~~ &amp; \\"]

@@ -15,11 +15,10 @@ import pytest
 from conftest import make_record
 
 from sslbench.cli import main
-from sslbench.leaderboard.html import (
-    REPORTED_TITLE, mark_ties, render_html, render_html_dir, script_json,
-)
+from sslbench.leaderboard.aggregation import aggregate, mark_ties
+from sslbench.leaderboard.html import REPORTED_TITLE, render_html, render_html_dir, script_json
 from sslbench.leaderboard.record import write_record
-from sslbench.leaderboard.render import aggregate, write_board
+from sslbench.leaderboard.render import write_board
 from sslbench.leaderboard.store import load_records
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,10 +14,10 @@ import pytest
 from scipy import stats
 
 from sslbench.errors import UserError
+from sslbench.leaderboard.aggregation import aggregate
+from sslbench.leaderboard.markdown import render_markdown
 from sslbench.leaderboard.record import write_record
-from sslbench.leaderboard.render import (
-    aggregate, render, render_csv, render_json, render_markdown, write_board,
-)
+from sslbench.leaderboard.render import render, render_csv, render_json, write_board
 from sslbench.leaderboard.store import load_records
 
 

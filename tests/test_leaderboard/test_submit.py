@@ -9,23 +9,14 @@ from typing import Any
 
 import pytest
 
-from conftest import make_record
+from conftest import make_record, make_record_v2
 
 from sslbench.cli import main
-from sslbench.identity import identity_hash, record_identity
 from sslbench.leaderboard import render
 from sslbench.leaderboard.record import record_path, write_record
 
 
-def v2(config: dict[str, Any] | None = None, suite: str | None = "embedded",
-       **fields: Any) -> dict[str, Any]:
-    """A schema v2 record: ``make_record`` plus identity, identity_hash and suite."""
-    rec = make_record(config=config if config is not None else {"optim": {"lr": 0.1}}, **fields)
-    identity = record_identity(rec, {"name": rec["dataset"], "fingerprint": "0" * 16},
-                               rec["config"])
-    rec.update(schema_version=2, identity=identity, identity_hash=identity_hash(identity),
-               suite=suite)
-    return rec
+v2 = make_record_v2
 
 
 def put(board: Path, rec: dict[str, Any]) -> Path:

@@ -1,4 +1,4 @@
-"""Context-prediction invariants from the spec sheet (§8, checklist #16)."""
+"""Context-prediction invariants (docs/methods.md#context-prediction; #test-checklist item 16)."""
 from __future__ import annotations
 
 import itertools
@@ -6,30 +6,19 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from sslbench.backbones import create_backbone
-from sslbench.config import BackboneConfig
 from sslbench.errors import UserError
-from sslbench.ssl.base import DataSpec, StepInfo
+from sslbench.ssl.base import StepInfo
 from sslbench.ssl.context import (ContextPrediction, GridGeometry, default_geometry, drop_colour,
                                   extract_patches, grid_position, label_offset,
                                   normalise_patches, offset_label, pair_table, pixelate,
                                   sample_grid)
 
-DATA = DataSpec(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+METHOD = ContextPrediction  # the tiny_method fixture (conftest.py) builds it
 INFO = StepInfo(step=0, total_steps=10, steps_per_epoch=5)
 NEIGHBOURS = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dx, dy) != (0, 0)]
 SPEC_LABELS = {(-1, -1): 0, (0, -1): 1, (1, -1): 2, (-1, 0): 3, (1, 0): 4, (-1, 1): 5,
                (0, 1): 6, (1, 1): 7}
-
-
-def _method(family: str = "resnet", **cfg) -> ContextPrediction:
-    torch.manual_seed(0)
-    name = {"resnet": "test_resnet", "vit": "test_vit"}[family]
-    bb = create_backbone(OmegaConf.structured(BackboneConfig(name=name,
-                                                             small_input=family == "vit")), 32)
-    return ContextPrediction(bb, ContextPrediction.Config(**cfg), DATA)
 
 
 # -- labels ------------------------------------------------------------------------------------
@@ -168,8 +157,8 @@ def test_pixelate_only_when_asked_and_only_on_large_patches():
     assert all(not torch.equal(out[i], x[i]) for i in range(16))
 
 
-def test_make_views_shape_and_per_patch_normalisation():
-    m = _method()
+def test_make_views_shape_and_per_patch_normalisation(tiny_method):
+    m = tiny_method()
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     torch.manual_seed(0)
     views = m.make_views(images)
@@ -178,15 +167,15 @@ def test_make_views_shape_and_per_patch_normalisation():
     torch.testing.assert_close(rms, torch.ones(3, 9))
 
 
-def test_vit_patch_input_size_is_backbone_compatible():
-    m = _method("vit")
+def test_vit_patch_input_size_is_backbone_compatible(tiny_method):
+    m = tiny_method("vit")
     assert m.input_size == 8  # 8 px patches, ViT patch 4
-    m16 = _method("vit", patch_input_size=16)
+    m16 = tiny_method("vit", patch_input_size=16)
     views = m16.make_views(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert views.shape == (2, 9, 3, 16, 16)
     assert torch.isfinite(m16(views, INFO)["loss"])
     with pytest.raises(UserError, match="multiple"):
-        _method("vit", patch_input_size=10)
+        tiny_method("vit", patch_input_size=10)
 
 
 def test_geometry_dataclass_reports_slack():
@@ -197,8 +186,8 @@ def test_geometry_dataclass_reports_slack():
 # -- loss and gradients ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", ["resnet", "vit"])
-def test_chance_loss_with_zero_last_layer_is_ln8(family):
-    m = _method(family)
+def test_chance_loss_with_zero_last_layer_is_ln8(tiny_method, family):
+    m = tiny_method(family)
     torch.nn.init.zeros_(m.head[-1].weight)
     views = m.make_views(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     out = m(views, INFO)
@@ -206,9 +195,9 @@ def test_chance_loss_with_zero_last_layer_is_ln8(family):
     assert out["loss"].item() == pytest.approx(math.log(8), abs=1e-6)
 
 
-def test_swapped_features_give_the_swapped_pairs_logits():
+def test_swapped_features_give_the_swapped_pairs_logits(tiny_method):
     """Pair (a, b) and its swap (b, a) feed the head the concatenation in opposite orders."""
-    m = _method(pairs="center_both").eval()
+    m = tiny_method(pairs="center_both").eval()
     first, second, labels = m.first, m.second, m.labels
     h = torch.randn(2, 9, m.backbone.num_features)
     logits = m.pair_logits(h)  # (2, 16, 8)
@@ -219,8 +208,8 @@ def test_swapped_features_give_the_swapped_pairs_logits():
         torch.testing.assert_close(logits[:, q], manual)
 
 
-def test_shared_backbone_gets_gradients_from_both_patches():
-    m = _method()
+def test_shared_backbone_gets_gradients_from_both_patches(tiny_method):
+    m = tiny_method()
     views = m.make_views(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     views.requires_grad_(True)
     out = m(views, INFO)

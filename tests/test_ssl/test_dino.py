@@ -1,4 +1,4 @@
-"""DINO invariants from the spec sheet (§5, checklist #6-#11): loss value with zero student
+"""DINO invariants (docs/methods.md#dino; #test-checklist items 6-11): loss value with zero student
 logits, term count and skipped same-view terms, centre updated after the loss, teacher
 temperature and EMA schedules, last-layer freeze, weight_g ≡ 1, per-parameter clipping, teacher
 isolation and evaluation, multi-crop views, and the all-reduced centre under 2 gloo processes."""
@@ -13,29 +13,20 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from sslbench.backbones import create_backbone
-from sslbench.config import BackboneConfig
+from conftest import build_tiny_method
 from sslbench.distributed import free_port
+from sslbench.engine import train_step
 from sslbench.errors import UserError
-from sslbench.ssl import DataSpec, StepInfo
+from sslbench.ssl import StepInfo
 from sslbench.ssl.dino import (DINO, clip_per_parameter, dino_loss, n_loss_terms,
                                teacher_temperature)
 
 B = 4  # images per batch in the method-level tests
 
 
-def _method(family: str = "vit", seed: int = 0, backbone_kw: dict | None = None,
-            **cfg_kw) -> DINO:
-    """A tiny DINO (test_vit / test_resnet, 64 prototypes) on 32 px images."""
-    torch.manual_seed(seed)
-    kw = {"name": "test_vit"} if family == "vit" else {"name": "test_resnet", "small_input": False}
-    kw.update(backbone_kw or {})
-    bb = create_backbone(OmegaConf.structured(BackboneConfig(**kw)), 32)
-    defaults = dict(out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16, num_local_crops=2)
-    cfg = DINO.Config(**{**defaults, **cfg_kw})
-    return DINO(bb, cfg, DataSpec(32, (0.5,) * 3, (0.25,) * 3))
+METHOD, FAMILY = DINO, "vit"  # the tiny_method fixture (conftest.py) builds these
+SMALL = dict(out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16, num_local_crops=2)
 
 
 def _images(n: int = B, seed: int = 0) -> torch.Tensor:
@@ -49,14 +40,7 @@ def _views(method: DINO, n: int = B, seed: int = 0) -> list[torch.Tensor]:
 
 
 def _train_step(method: DINO, opt: torch.optim.Optimizer, views, info: StepInfo) -> float:
-    method.before_step(info)
-    loss = method(views, info)["loss"]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    method.after_backward(info)
-    opt.step()
-    method.after_step(info)
-    return float(loss.detach())
+    return float(train_step(method, opt, info, views=views)["loss"].detach())
 
 
 # -- the loss -----------------------------------------------------------------------------------
@@ -126,8 +110,8 @@ def test_student_matching_the_other_global_view_reaches_the_entropy_floor():
 
 # -- centre -------------------------------------------------------------------------------------
 
-def test_center_updated_after_loss_from_raw_global_teacher_logits__spec_value():
-    method = _method("vit")
+def test_center_updated_after_loss_from_raw_global_teacher_logits__spec_value(tiny_method):
+    method = tiny_method("vit")
     views = _views(method)
     info = StepInfo(0, 10, 5)
     method.before_step(info)
@@ -166,8 +150,8 @@ def test_teacher_temperature_schedule__spec_values():
     assert teacher_temperature(0, 0.04, 0.07, 1) == 0.04  # linspace(a, b, 1) == [a]
 
 
-def test_before_step_sets_teacher_temperature_by_epoch():
-    method = _method("vit", warmup_teacher_temp_epochs=4)
+def test_before_step_sets_teacher_temperature_by_epoch(tiny_method):
+    method = tiny_method("vit", warmup_teacher_temp_epochs=4)
     method.before_step(StepInfo(step=0, total_steps=100, steps_per_epoch=10))
     assert method.teacher_temp == pytest.approx(0.04)
     method.before_step(StepInfo(step=39, total_steps=100, steps_per_epoch=10))  # epoch 3
@@ -176,8 +160,8 @@ def test_before_step_sets_teacher_temperature_by_epoch():
     assert method.teacher_temp == pytest.approx(0.05)
 
 
-def test_ema_momentum_schedule__spec_values():
-    method = _method("vit")
+def test_ema_momentum_schedule__spec_values(tiny_method):
+    method = tiny_method("vit")
     epochs, iters = 5, 20
     sched = [method.teacher_momentum(StepInfo(k, epochs * iters, iters))
              for k in range(epochs * iters)]
@@ -189,8 +173,8 @@ def test_ema_momentum_schedule__spec_values():
     assert all(a <= b for a, b in zip(sched, sched[1:]))
 
 
-def test_after_step_is_ema_over_backbone_and_head():
-    method = _method("vit")
+def test_after_step_is_ema_over_backbone_and_head(tiny_method):
+    method = tiny_method("vit")
     old = {k: v.clone() for k, v in method.teacher.named_parameters()}
     with torch.no_grad():
         for p in list(method.backbone.parameters()) + list(method.head.parameters()):
@@ -206,8 +190,8 @@ def test_after_step_is_ema_over_backbone_and_head():
 # -- teacher isolation and evaluation -------------------------------------------------------------
 
 @pytest.mark.parametrize("family", ["vit", "resnet"])
-def test_teacher_gets_no_grad_and_sees_only_global_crops(family):
-    method = _method(family)
+def test_teacher_gets_no_grad_and_sees_only_global_crops(tiny_method, family):
+    method = tiny_method(family)
     views = _views(method)
     seen: dict[str, list] = {"teacher": [], "student": []}
     method.teacher["backbone"].register_forward_pre_hook(
@@ -228,8 +212,8 @@ def test_teacher_gets_no_grad_and_sees_only_global_crops(family):
     assert id(method.head.last_layer.weight_g) not in trainable
 
 
-def test_eval_backbone_is_the_teacher():
-    method = _method("vit")
+def test_eval_backbone_is_the_teacher(tiny_method):
+    method = tiny_method("vit")
     assert method.eval_backbone() is method.teacher["backbone"]
     assert method.eval_backbone() is not method.backbone
     with torch.no_grad():
@@ -241,8 +225,8 @@ def test_eval_backbone_is_the_teacher():
     assert not torch.allclose(method.eval_backbone()(x), method.backbone(x))
 
 
-def test_teacher_has_no_stochastic_depth():
-    method = _method("vit", backbone_kw={"drop_path_rate": 0.1})
+def test_teacher_has_no_stochastic_depth(tiny_method):
+    method = tiny_method("vit", backbone_kw={"drop_path_rate": 0.1})
     from timm.layers import DropPath
 
     student_dp = [m.drop_prob for m in method.backbone.modules() if isinstance(m, DropPath)]
@@ -253,8 +237,8 @@ def test_teacher_has_no_stochastic_depth():
 
 # -- last layer ---------------------------------------------------------------------------------
 
-def test_last_layer_frozen_in_epoch_0_and_weight_g_stays_one():
-    method = _method("vit")
+def test_last_layer_frozen_in_epoch_0_and_weight_g_stays_one(tiny_method):
+    method = tiny_method("vit")
     opt = torch.optim.AdamW(method.param_groups(0.05), lr=1e-2)
     views = _views(method, n=8)
     ll = method.head.last_layer
@@ -274,16 +258,16 @@ def test_last_layer_frozen_in_epoch_0_and_weight_g_stays_one():
     torch.testing.assert_close(ll.weight.norm(dim=1), torch.ones(64), atol=1e-6, rtol=0)
 
 
-def test_weight_g_trains_without_norm_last_layer():
-    method = _method("vit", norm_last_layer=False, clip_grad=None)
+def test_weight_g_trains_without_norm_last_layer(tiny_method):
+    method = tiny_method("vit", norm_last_layer=False, clip_grad=None)
     assert method.head.last_layer.weight_g.requires_grad
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=1.0)
     _train_step(method, opt, _views(method), StepInfo(4, 8, 4))  # epoch 1
     assert not torch.equal(method.head.last_layer.weight_g, torch.ones(64, 1))
 
 
-def test_weight_norm_layer_matches_torch_weight_norm():
-    method = _method("vit")
+def test_weight_norm_layer_matches_torch_weight_norm(tiny_method):
+    method = tiny_method("vit")
     ll = method.head.last_layer
     ref = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(16, 64, bias=False))
     with torch.no_grad():
@@ -295,8 +279,8 @@ def test_weight_norm_layer_matches_torch_weight_norm():
 
 # -- gradient clipping --------------------------------------------------------------------------
 
-def test_per_parameter_clipping_caps_each_gradient():
-    method = _method("vit", clip_grad=3.0)
+def test_per_parameter_clipping_caps_each_gradient(tiny_method):
+    method = tiny_method("vit", clip_grad=3.0)
     params = [p for p in method.parameters() if p.requires_grad]
     g = torch.Generator().manual_seed(0)
     big = [torch.randn(p.shape, generator=g) * 100 for p in params]
@@ -316,8 +300,8 @@ def test_per_parameter_clipping_caps_each_gradient():
     assert total > 3.0  # not a global-norm clip (pitfall 7)
 
 
-def test_clipping_disabled_and_last_layer_grads_cancelled_in_epoch_0():
-    method = _method("vit", clip_grad=None)
+def test_clipping_disabled_and_last_layer_grads_cancelled_in_epoch_0(tiny_method):
+    method = tiny_method("vit", clip_grad=None)
     params = [p for p in method.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.full_like(p, 10.0)
@@ -338,8 +322,8 @@ def test_clip_per_parameter_function():
 
 # -- views and configuration ----------------------------------------------------------------------
 
-def test_multi_crop_views_stacked_per_view():
-    method = _method("vit", num_local_crops=3)
+def test_multi_crop_views_stacked_per_view(tiny_method):
+    method = tiny_method("vit", num_local_crops=3)
     views = _views(method, n=6)
     assert [tuple(v.shape) for v in views] == [(12, 3, 32, 32), (18, 3, 16, 16)]
     assert all(v.dtype == torch.float32 for v in views)
@@ -351,12 +335,12 @@ def test_multi_crop_views_stacked_per_view():
     assert torch.unique(g.flatten(1).round(decimals=4), dim=0).shape[0] == 32
 
 
-def test_view_order_is_view_major():
+def test_view_order_is_view_major(tiny_method):
     """With augmentation switched off, block v of each tensor is the whole batch again, in
     order (crops stacked per view, not per sample: pitfall 4)."""
-    method = _method("vit", num_local_crops=2, global_crop_scale=[1.0, 1.0],
-                     local_crop_scale=[1.0, 1.0], color_p=0.0, gray_p=0.0, flip_p=0.0,
-                     solarize_p=0.0)
+    method = tiny_method("vit", num_local_crops=2, global_crop_scale=[1.0, 1.0],
+                         local_crop_scale=[1.0, 1.0], color_p=0.0, gray_p=0.0, flip_p=0.0,
+                         solarize_p=0.0)
     for aug in [*method.global_augs, method.local_aug]:
         aug[0]._param_generator.ratio = (1.0, 1.0)  # full-image crops
     g = torch.Generator().manual_seed(0)  # smooth images: resizing barely changes them
@@ -373,8 +357,8 @@ def test_view_order_is_view_major():
         assert err < 0.2 * (block - small.roll(1, 0)).abs().mean()  # not another image
 
 
-def test_no_local_crops_uses_wide_global_scale():
-    method = _method("resnet", num_local_crops=0)
+def test_no_local_crops_uses_wide_global_scale(tiny_method):
+    method = tiny_method("resnet", num_local_crops=0)
     views = _views(method)
     assert len(views) == 1 and tuple(views[0].shape) == (2 * B, 3, 32, 32)
     assert method.global_augs[1][0]._param_generator.scale == (0.14, 1.0)
@@ -382,19 +366,19 @@ def test_no_local_crops_uses_wide_global_scale():
     assert math.isfinite(out["loss"].item())
 
 
-def test_vit_local_crop_must_divide_patch():
+def test_vit_local_crop_must_divide_patch(tiny_method):
     with pytest.raises(UserError, match="patch size 4"):
-        _method("vit", local_crop_size=14)
+        tiny_method("vit", local_crop_size=14)
 
 
-def test_state_dict_carries_center_and_teacher():
-    a = _method("vit")
+def test_state_dict_carries_center_and_teacher(tiny_method):
+    a = tiny_method("vit")
     a(_views(a), StepInfo(0, 10, 5))
     state = a.state_dict()
     for key in ("center", "head.last_layer.weight_g", "head.last_layer.weight_v",
                 "teacher.head.last_layer.weight_g", "teacher.backbone.model.cls_token"):
         assert key in state, key
-    b = _method("vit", seed=1)
+    b = tiny_method("vit", seed=1)
     b.load_state_dict(state)
     torch.testing.assert_close(b.center, a.center, atol=0, rtol=0)
     assert torch.count_nonzero(b.center) > 0
@@ -418,17 +402,13 @@ def _ddp_worker(rank, world, port, views, batch, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    method = _method("vit")  # LayerNorm only: per-process statistics cannot differ
+    # LayerNorm only: per-process statistics cannot differ
+    method = build_tiny_method(DINO, "vit", **SMALL)
     model = torch.nn.parallel.DistributedDataParallel(method)
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
     info = StepInfo(5, 10, 4)  # epoch 1: the last layer trains too
-    method.before_step(info)
-    loss = model(_shard(views, batch, rank, world), info)["loss"]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    method.after_backward(info)
-    opt.step()
-    method.after_step(info)
+    loss = train_step(method, opt, info, views=_shard(views, batch, rank, world),
+                      model=model)["loss"]
     t = loss.detach().clone()
     dist.all_reduce(t)
     out[rank] = {"loss": (t / world).item(), "center": method.center.clone(),
@@ -436,9 +416,9 @@ def _ddp_worker(rank, world, port, views, batch, out):
     dist.destroy_process_group()
 
 
-def test_two_process_center_and_step_equal_single_process():
+def test_two_process_center_and_step_equal_single_process(tiny_method):
     batch = 8
-    ref = _method("vit")
+    ref = tiny_method("vit")
     views = _views(ref, n=batch, seed=1)
     out = mp.Manager().dict()
     mp.spawn(_ddp_worker, args=(2, free_port(), views, batch, out), nprocs=2, join=True)

@@ -1,4 +1,4 @@
-"""EMA helper invariants (spec checklist #6)."""
+"""EMA helper invariants (docs/methods.md#test-checklist, item 6)."""
 from __future__ import annotations
 
 import torch

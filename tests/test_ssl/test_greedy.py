@@ -1,32 +1,20 @@
-"""Greedy local learning invariants (spec §9, §10, checklist #17): gradient isolation of the GIM
-stages, the LoCo overlap pattern, the stages being exactly the timm forward, one head per loss."""
+"""Greedy local learning invariants (docs/methods.md#gim, #loco; #test-checklist item 17):
+gradient isolation of the GIM stages, the LoCo overlap pattern, the stages being exactly the timm
+forward, one head per loss."""
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
-from sslbench.backbones import create_backbone
-from sslbench.config import BackboneConfig
+from conftest import TINY_DATA, build_tiny_backbone
 from sslbench.errors import UserError
-from sslbench.ssl.base import DataSpec, StepInfo
+from sslbench.ssl.base import StepInfo
 from sslbench.ssl.greedy import OBJECTIVES, GreedyLocal, split_evenly
 
-FAMILIES = {"resnet": "test_resnet", "vit": "test_vit"}
-DATA = DataSpec(32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-
-
-def _backbone(family: str):
-    torch.manual_seed(0)
-    cfg = BackboneConfig(name=FAMILIES[family], small_input=family != "resnet")
-    return create_backbone(OmegaConf.structured(cfg), 32)
-
-
-def _method(family: str, **cfg) -> GreedyLocal:
-    return GreedyLocal(_backbone(family), GreedyLocal.Config(**cfg), DATA)
+METHOD = GreedyLocal  # the tiny_method fixture (conftest.py) builds it
 
 
 def _views(n: int = 4) -> list[Tensor]:
@@ -66,10 +54,10 @@ def test_split_evenly():
 
 @pytest.mark.parametrize("family, num_stages", [("resnet", 4), ("resnet", 2), ("vit", 4),
                                                 ("vit", 3)])
-def test_stages_are_the_timm_forward(family, num_stages):
+def test_stages_are_the_timm_forward(tiny_method, family, num_stages):
     """Stages chained without detach == forward_features bit for bit; the last stage's pooled
     feature == backbone(x), the representation that is evaluated."""
-    method = _method(family, num_stages=num_stages)
+    method = tiny_method(family, num_stages=num_stages)
     x = torch.cat(_views())
     params = [set(n for n, _ in method.stage_parameters(j)) for j in range(num_stages)]
     all_names = {n for n, _ in method.backbone.model.named_parameters()}
@@ -86,8 +74,8 @@ def test_stages_are_the_timm_forward(family, num_stages):
 
 
 @pytest.mark.parametrize("family", ["resnet", "vit"])
-def test_gim_each_loss_reaches_only_its_stage_and_head(family):
-    method = _method(family, overlap=False)
+def test_gim_each_loss_reaches_only_its_stage_and_head(tiny_method, family):
+    method = tiny_method(family, overlap=False)
     losses = method.stage_losses(_views())
     assert len(losses) == 4
     for m, loss in enumerate(losses):
@@ -101,8 +89,8 @@ def test_gim_each_loss_reaches_only_its_stage_and_head(family):
 
 
 @pytest.mark.parametrize("family", ["resnet", "vit"])
-def test_loco_losses_reach_their_two_stages_and_middle_stages_get_two(family):
-    method = _method(family, overlap=True)
+def test_loco_losses_reach_their_two_stages_and_middle_stages_get_two(tiny_method, family):
+    method = tiny_method(family, overlap=True)
     losses = method.stage_losses(_views())
     s = len(losses)
     per_loss = [_grads(method, loss) for loss in losses]
@@ -131,9 +119,10 @@ def test_loco_losses_reach_their_two_stages_and_middle_stages_get_two(family):
 def test_loco_decoder_pass_does_not_touch_bn_statistics():
     """The shared stage runs twice under LoCo, but BN buffers are updated once per step, and by
     exactly the same forward as under GIM (same weights, same inputs)."""
-    bb = _backbone("resnet")
-    gim = GreedyLocal(copy.deepcopy(bb), GreedyLocal.Config(overlap=False), DATA)
-    loco = GreedyLocal(copy.deepcopy(bb), GreedyLocal.Config(overlap=True), DATA)
+    torch.manual_seed(0)
+    bb = build_tiny_backbone("resnet")
+    gim = GreedyLocal(copy.deepcopy(bb), GreedyLocal.Config(overlap=False), TINY_DATA)
+    loco = GreedyLocal(copy.deepcopy(bb), GreedyLocal.Config(overlap=True), TINY_DATA)
     views = _views()
     gim.stage_losses(views)
     loco.stage_losses(views)
@@ -147,8 +136,8 @@ def test_loco_decoder_pass_does_not_touch_bn_statistics():
 
 
 @pytest.mark.parametrize("overlap", [False, True])
-def test_heads_are_distinct_and_sized_for_their_input(overlap):
-    method = _method("resnet", overlap=overlap, proj_dim=16)
+def test_heads_are_distinct_and_sized_for_their_input(tiny_method, overlap):
+    method = tiny_method("resnet", overlap=overlap, proj_dim=16)
     assert len({id(h) for h in method.heads}) == 4
     ptrs = [p.data_ptr() for h in method.heads for p in h.parameters()]
     assert len(ptrs) == len(set(ptrs)), "a parameter is shared between heads"
@@ -158,24 +147,24 @@ def test_heads_are_distinct_and_sized_for_their_input(overlap):
     assert method.eval_backbone() is method.backbone
 
 
-def test_forward_sums_and_logs_stage_losses():
-    method = _method("vit")
+def test_forward_sums_and_logs_stage_losses(tiny_method):
+    method = tiny_method("vit")
     out = method(_views(), StepInfo(0, 1, 1))
     stages = [out[f"loss_stage{i}"] for i in range(1, 5)]
     torch.testing.assert_close(out["loss"].detach(), torch.stack(stages).sum())
     assert out["loss"].requires_grad and not any(v.requires_grad for v in stages)
 
 
-def test_objective_is_pluggable(monkeypatch):
+def test_objective_is_pluggable(tiny_method, monkeypatch):
     monkeypatch.setitem(OBJECTIVES, "mse", lambda cfg: lambda z1, z2: (z1 - z2).pow(2).mean())
-    method = _method("resnet", objective="mse", head_batch_norm=False)
+    method = tiny_method("resnet", objective="mse", head_batch_norm=False)
     v = _views()
     losses = method.stage_losses([v[0], v[0]])  # identical views: MSE is exactly 0
     assert all(float(loss.detach()) == 0.0 for loss in losses)
 
 
-def test_bad_config_is_a_user_error():
+def test_bad_config_is_a_user_error(tiny_method):
     with pytest.raises(UserError, match="num_stages"):
-        _method("resnet", num_stages=5)
+        tiny_method("resnet", num_stages=5)
     with pytest.raises(UserError, match="did you mean 'nt_xent'"):
-        _method("resnet", objective="nt_xnet")
+        tiny_method("resnet", objective="nt_xnet")

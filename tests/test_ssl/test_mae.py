@@ -1,32 +1,22 @@
-"""MAE invariants from the spec sheet (§6 unit-test invariants, checklist #12-14)."""
+"""MAE invariants (docs/methods.md#mae; #test-checklist items 12-14)."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from conftest import REPO
-from sslbench.backbones import create_backbone, load_backbone, save_backbone
-from sslbench.config import BackboneConfig, load_recipe
+from conftest import REPO, TINY_DATA, build_tiny_backbone
+from sslbench.backbones import load_backbone, save_backbone
+from sslbench.config import load_recipe
 from sslbench.errors import UserError
 from sslbench.ssl import METHODS
-from sslbench.ssl.base import DataSpec, StepInfo
+from sslbench.ssl.base import StepInfo
 from sslbench.ssl.mae import (MAE, mae_loss, mae_target, patchify, random_masking,
                               sincos_pos_embed_2d, unpatchify)
 
-DATA = DataSpec(32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-LIGHT = dict(decoder_dim=32, decoder_depth=1, decoder_heads=2)  # CPU-sized decoder for tests
-
-
-def _backbone(name: str = "test_vit", **kw):
-    return create_backbone(OmegaConf.structured(BackboneConfig(name=name, **kw)), 32)
-
-
-def _mae(**cfg) -> MAE:
-    torch.manual_seed(0)
-    return MAE(_backbone(), MAE.Config(**{**LIGHT, **cfg}), DATA)
+METHOD, FAMILY = MAE, "vit"  # the tiny_method fixture (conftest.py) builds these
+SMALL = dict(decoder_dim=32, decoder_depth=1, decoder_heads=2)  # CPU-sized decoder for tests
 
 
 # -- patchify --------------------------------------------------------------------------------------
@@ -56,8 +46,8 @@ def test_visible_length_formula(length, expected_seq):
     assert torch.equal(mask.sum(1), torch.full((3,), float(length - vis.shape[1])))
 
 
-def test_encoder_sequence_length_17_at_32px_patch4():
-    mae = _mae()
+def test_encoder_sequence_length_17_at_32px_patch4(tiny_method):
+    mae = tiny_method()
     latent, mask, ids_restore, grid = mae.forward_encoder(torch.randn(4, 3, 32, 32), 0.75)
     assert grid == (8, 8)
     assert latent.shape == (4, 17, mae.backbone.num_features)
@@ -105,14 +95,14 @@ def test_visible_predictions_do_not_affect_the_loss():
     assert mae_loss(changed, target, mask).item() == loss.item()
 
 
-def test_perfect_masked_prediction_gives_zero_loss():
+def test_perfect_masked_prediction_gives_zero_loss(tiny_method):
     torch.manual_seed(0)
     imgs = torch.randn(4, 3, 32, 32)
     target = mae_target(imgs, 4, norm_pix=True)
     _, mask, _ = random_masking(torch.zeros(4, 64, 1), 0.75)
     pred = torch.where(mask.bool()[..., None], target, torch.randn_like(target))  # junk on visible
     assert mae_loss(pred, target, mask).item() == 0.0
-    mae = _mae()
+    mae = tiny_method()
     assert mae.forward_loss(imgs, pred, mask).item() == 0.0
 
 
@@ -143,8 +133,8 @@ def test_sincos_values():
         sincos_pos_embed_2d(18, (2, 2))
 
 
-def test_position_embeddings_fixed_sincos_and_not_trainable(tmp_path):
-    mae = _mae()
+def test_position_embeddings_fixed_sincos_and_not_trainable(tiny_method, tmp_path):
+    mae = tiny_method()
     model = mae.backbone.model
     d = mae.backbone.num_features
     assert not model.pos_embed.requires_grad and not mae.decoder.pos_embed.requires_grad
@@ -157,10 +147,10 @@ def test_position_embeddings_fixed_sincos_and_not_trainable(tmp_path):
     assert torch.equal(loaded.model.pos_embed, model.pos_embed)
 
 
-def test_encoder_matches_backbone_forward_when_nothing_is_masked():
+def test_encoder_matches_backbone_forward_when_nothing_is_masked(tiny_method):
     """With every token kept (shuffled), the cls output equals the backbone's own pooled h:
     the encoder uses the backbone's modules and position embedding exactly as timm does."""
-    mae = _mae().eval()
+    mae = tiny_method().eval()
     x = torch.randn(2, 3, 32, 32)
     latent, mask, _, _ = mae.forward_encoder(x, 0.0)
     assert latent.shape[1] == 65 and mask.sum() == 0
@@ -170,22 +160,22 @@ def test_encoder_matches_backbone_forward_when_nothing_is_masked():
 # -- method ----------------------------------------------------------------------------------------
 def test_registered_vit_only_and_resnet_is_a_clear_error():
     assert METHODS.get("mae") is MAE and MAE.families == ("vit",) and MAE.paper
-    resnet = _backbone("test_resnet", small_input=False)
+    resnet = build_tiny_backbone("resnet")
     with pytest.raises(UserError, match="vit"):
         MAE.check_backbone(resnet)
     with pytest.raises(UserError, match="vit"):
-        MAE(resnet, MAE.Config(**LIGHT), DATA)
+        MAE(resnet, MAE.Config(**SMALL), TINY_DATA)
 
 
-def test_bad_config_is_a_user_error():
+def test_bad_config_is_a_user_error(tiny_method):
     with pytest.raises(UserError, match="decoder_heads"):
-        MAE(_backbone(), MAE.Config(decoder_dim=30, decoder_depth=1, decoder_heads=4), DATA)
+        tiny_method(decoder_dim=30, decoder_heads=4)
     with pytest.raises(UserError, match="mask_ratio"):
-        MAE(_backbone(), MAE.Config(**LIGHT, mask_ratio=1.0), DATA)
+        tiny_method(mask_ratio=1.0)
 
 
-def test_views_and_training_steps_reduce_the_loss():
-    mae = _mae()
+def test_views_and_training_steps_reduce_the_loss(tiny_method):
+    mae = tiny_method()
     torch.manual_seed(0)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     views = mae.make_views(images)
@@ -205,8 +195,8 @@ def test_views_and_training_steps_reduce_the_loss():
     assert torch.equal(mae.backbone.model.pos_embed, pos)
 
 
-def test_other_resolution_resamples_position_embeddings():
-    mae = _mae()
+def test_other_resolution_resamples_position_embeddings(tiny_method):
+    mae = tiny_method()
     latent, mask, ids_restore, grid = mae.forward_encoder(torch.randn(2, 3, 48, 48), 0.75)
     assert grid == (12, 12) and latent.shape[1] == 1 + int(144 * 0.25)
     pred = mae.decoder(latent, ids_restore, grid)

@@ -1,6 +1,7 @@
-"""MoCo v2 invariants from the spec sheet (§3, checklist #5-6): logits/labels, the exact InfoNCE
-value, queue update order and pointer, key-encoder isolation and EMA, SplitBatchNorm, checkpoint
-state, and a 2-process gloo test that the queue receives the gathered keys in rank order."""
+"""MoCo v2 invariants (docs/methods.md#moco-v2; #test-checklist items 5-6): logits/labels, the
+exact InfoNCE value, queue update order and pointer, key-encoder isolation and EMA,
+SplitBatchNorm, checkpoint state, and a 2-process gloo test that the queue receives the gathered
+keys in rank order."""
 from __future__ import annotations
 
 import io
@@ -12,27 +13,18 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
-from sslbench.backbones import create_backbone
-from sslbench.config import BackboneConfig
+from conftest import build_tiny_backbone, build_tiny_method
 from sslbench.distributed import free_port
+from sslbench.engine import train_step
 from sslbench.errors import UserError
-from sslbench.ssl import DataSpec, StepInfo
+from sslbench.ssl import StepInfo
 from sslbench.ssl.moco_v2 import (MoCoV2, SplitBatchNorm, convert_split_bn, moco_infonce_loss,
                                   moco_logits)
 
-DATA = DataSpec(32, (0.5,) * 3, (0.25,) * 3)
-
-
-def _build(seed: int = 0, **overrides) -> MoCoV2:
-    torch.manual_seed(seed)
-    bb = create_backbone(OmegaConf.structured(BackboneConfig(name="test_resnet",
-                                                             small_input=False)), 32)
-    kw = dict(queue_size=64, proj_hidden_dim=32, proj_dim=16, num_splits=4, temperature=0.2)
-    kw.update(overrides)
-    return MoCoV2(bb, MoCoV2.Config(**kw), DATA)
+METHOD = MoCoV2  # the tiny_method fixture (conftest.py) builds it
+SMALL = dict(queue_size=64, proj_hidden_dim=32, proj_dim=16, num_splits=4, temperature=0.2)
 
 
 def _views(n: int = 8, seed: int = 1) -> list[torch.Tensor]:
@@ -119,21 +111,20 @@ def test_split_bn_normalises_each_chunk_and_averages_running_stats():
     torch.testing.assert_close(split(x), plain(x))
 
 
-def test_split_bn_keeps_batchnorm_keys_and_escapes_syncbn_conversion():
-    m = _build()
+def test_split_bn_keeps_batchnorm_keys_and_escapes_syncbn_conversion(tiny_method):
+    m = tiny_method()
     bns = [mod for mod in m.backbone.modules() if isinstance(mod, SplitBatchNorm)]
     assert bns and not any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())
     assert any(isinstance(mod, SplitBatchNorm) for mod in m.key_backbone.modules())
     # the exported backbone loads into a stock timm model (BatchNorm2d)
-    stock = create_backbone(OmegaConf.structured(BackboneConfig(name="test_resnet",
-                                                                small_input=False)), 32)
+    stock = build_tiny_backbone("resnet")
     stock.model.load_state_dict(m.backbone.model.state_dict())
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(m)
     assert not any(isinstance(mod, nn.SyncBatchNorm) for mod in converted.modules())
 
 
-def test_split_bn_batch_not_divisible_is_a_user_error():
-    m = _build(num_splits=3)
+def test_split_bn_batch_not_divisible_is_a_user_error(tiny_method):
+    m = tiny_method(num_splits=3)
     with pytest.raises(UserError, match="num_splits"):
         m(_views(8), StepInfo(0, 1, 1))
 
@@ -141,17 +132,11 @@ def test_split_bn_batch_not_divisible_is_a_user_error():
 # -- the step -----------------------------------------------------------------------------------
 
 def _step(m: MoCoV2, views, info: StepInfo, opt) -> torch.Tensor:
-    m.before_step(info)
-    loss = m(views, info)["loss"]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    m.after_step(info)
-    return loss
+    return train_step(m, opt, info, views=views)["loss"]
 
 
-def test_key_encoder_frozen_no_grad_and_ema_identity():
-    m = _build(momentum=0.9)
+def test_key_encoder_frozen_no_grad_and_ema_identity(tiny_method):
+    m = tiny_method(momentum=0.9)
     with torch.no_grad():  # make θ_k ≠ θ_q so the identity is not trivial
         for p in m.key_backbone.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -169,19 +154,19 @@ def test_key_encoder_frozen_no_grad_and_ema_identity():
         torch.testing.assert_close(p, 0.9 * k_old[n] + 0.1 * q_old[n], msg=n)
 
 
-def test_momentum_constant_or_cosine():
-    m = _build(momentum=0.99)
+def test_momentum_constant_or_cosine(tiny_method):
+    m = tiny_method(momentum=0.99)
     m.before_step(StepInfo(50, 100, 10))
     assert m.momentum == 0.99
-    m = _build(momentum=0.99, momentum_end=0.999)
+    m = tiny_method(momentum=0.99, momentum_end=0.999)
     for step, expected in [(0, 0.99), (50, 0.9945), (100, 0.999)]:
         m.before_step(StepInfo(step, 100, 10))
         assert m.momentum == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.mark.parametrize("start_ptr", [0, 56])
-def test_queue_receives_normalised_keys_after_logits_and_ptr_advances(start_ptr):
-    m = _build()
+def test_queue_receives_normalised_keys_after_logits_and_ptr_advances(tiny_method, start_ptr):
+    m = tiny_method()
     m.queue_ptr.fill_(start_ptr)
     old_queue = m.queue.clone()
     queries, keys = _record(m, "query"), _record(m, "keys")
@@ -203,9 +188,9 @@ def test_queue_receives_normalised_keys_after_logits_and_ptr_advances(start_ptr)
                                         abs=1e-3)
 
 
-def test_key_batch_is_shuffled_and_unshuffled():
+def test_key_batch_is_shuffled_and_unshuffled(tiny_method):
     """Keys come back in input order although the key encoder saw a permuted batch."""
-    m = _build().eval()  # eval: per-sample BN, so keys must not depend on the order
+    m = tiny_method().eval()  # eval: per-sample BN, so keys must not depend on the order
     x = _views(8)[1]
     seen = []
     m.key_backbone.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
@@ -218,14 +203,14 @@ def test_key_batch_is_shuffled_and_unshuffled():
     torch.testing.assert_close(k_local, ref)
 
 
-def test_queue_size_must_be_a_multiple_of_the_global_batch():
-    m = _build(queue_size=60)
+def test_queue_size_must_be_a_multiple_of_the_global_batch(tiny_method):
+    m = tiny_method(queue_size=60)
     with pytest.raises(UserError, match="queue_size=60"):
         m(_views(8), StepInfo(0, 1, 1))
 
 
-def test_symmetric_uses_one_queue_per_view():
-    m = _build(symmetric=True)
+def test_symmetric_uses_one_queue_per_view(tiny_method):
+    m = tiny_method(symmetric=True)
     assert m.queue.shape == m.queue_v1.shape == (16, 64)
     keys = _record(m, "keys")
     m(_views(8), StepInfo(0, 1, 1))
@@ -235,8 +220,8 @@ def test_symmetric_uses_one_queue_per_view():
     assert int(m.queue_ptr) == 8
 
 
-def test_queue_and_ptr_in_state_dict_and_resume_is_exact():
-    m = _build()
+def test_queue_and_ptr_in_state_dict_and_resume_is_exact(tiny_method):
+    m = tiny_method()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
     views = _views(8)
     for s in range(2):
@@ -248,7 +233,7 @@ def test_queue_and_ptr_in_state_dict_and_resume_is_exact():
     torch.save({"m": state, "o": opt.state_dict()}, buf)
     buf.seek(0)
     saved = torch.load(buf, weights_only=True)
-    clone = _build(seed=7)
+    clone = tiny_method(seed=7)
     clone_opt = torch.optim.AdamW([p for p in clone.parameters() if p.requires_grad], lr=1e-3)
     clone.load_state_dict(saved["m"])
     clone_opt.load_state_dict(saved["o"])
@@ -262,13 +247,13 @@ def test_queue_and_ptr_in_state_dict_and_resume_is_exact():
 
 
 def test_vit_backbone_is_rejected():
-    bb = create_backbone(OmegaConf.structured(BackboneConfig(name="test_vit")), 32)
+    bb = build_tiny_backbone("vit")
     with pytest.raises(UserError, match="moco_v2.*resnet"):
         MoCoV2.check_backbone(bb)
 
 
-def test_make_views_shapes():
-    m = _build()
+def test_make_views_shapes(tiny_method):
+    m = tiny_method()
     v1, v2 = m.make_views(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))
     assert v1.shape == v2.shape == (4, 3, 32, 32) and v1.dtype == torch.float32
     assert not torch.equal(v1, v2)
@@ -281,7 +266,8 @@ def _worker(rank, world, port, views, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    m = _build().eval()  # eval BN: keys are per-sample, so 1 and 2 processes must agree
+    # eval BN: keys are per-sample, so 1 and 2 processes must agree
+    m = build_tiny_method(MoCoV2, **SMALL).eval()
     n = views[0].shape[0] // world
     local = [v[rank * n:(rank + 1) * n] for v in views]
     keys = _record(m, "keys")
@@ -293,12 +279,12 @@ def _worker(rank, world, port, views, out):
     dist.destroy_process_group()
 
 
-def test_two_processes_enqueue_gathered_keys_in_rank_order():
+def test_two_processes_enqueue_gathered_keys_in_rank_order(tiny_method):
     views = _views(16, seed=4)
     out = mp.Manager().dict()
     mp.spawn(_worker, args=(2, free_port(), views, out), nprocs=2, join=True)
 
-    ref = _build().eval()
+    ref = tiny_method().eval()
     keys = _record(ref, "keys")
     ref_loss = ref(views, StepInfo(0, 1, 1))["loss"]
     k_ref = keys[0][0]  # (16, D) keys of the global batch

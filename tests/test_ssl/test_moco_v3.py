@@ -1,6 +1,6 @@
-"""MoCo v3 invariants from the spec sheet (§4, checklist #4, #6, #7): the exact ctr values,
-collapse value, symmetry, momentum-encoder isolation and EMA, heads, frozen patch embedding, the
-cosine momentum schedule, and a 2-process gloo test of the gathered-key loss."""
+"""MoCo v3 invariants (docs/methods.md#moco-v3; #test-checklist items 4, 6, 7): the exact ctr
+values, collapse value, symmetry, momentum-encoder isolation and EMA, heads, frozen patch
+embedding, the cosine momentum schedule, and a 2-process gloo test of the gathered-key loss."""
 from __future__ import annotations
 
 import math
@@ -10,26 +10,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from omegaconf import OmegaConf
 from torch import nn
 
-from sslbench.backbones import create_backbone
-from sslbench.config import BackboneConfig
 from sslbench.distributed import free_port
-from sslbench.ssl import DataSpec, StepInfo
+from sslbench.ssl import StepInfo
 from sslbench.ssl.moco_v3 import MoCoV3, moco_v3_ctr_loss, moco_v3_loss
 
-DATA = DataSpec(32, (0.5,) * 3, (0.25,) * 3)
-
-
-def _build(family: str = "vit", seed: int = 0, **overrides) -> MoCoV3:
-    torch.manual_seed(seed)
-    name = {"vit": "test_vit", "resnet": "test_resnet"}[family]
-    bb = create_backbone(OmegaConf.structured(BackboneConfig(name=name, small_input=family == "vit")),
-                         32)
-    kw = dict(hidden_dim=32, proj_dim=16)
-    kw.update(overrides)
-    return MoCoV3(bb, MoCoV3.Config(**kw), DATA)
+METHOD, FAMILY = MoCoV3, "vit"  # the tiny_method fixture (conftest.py) builds these
+SMALL = dict(hidden_dim=32, proj_dim=16)
 
 
 def _views(n: int = 8, seed: int = 1) -> list[torch.Tensor]:
@@ -70,8 +58,8 @@ def test_keys_receive_no_gradient():
     assert q.grad is not None and q.grad.abs().sum() > 0 and k.grad is None
 
 
-def test_method_loss_symmetric_under_view_swap():
-    m = _build("resnet")
+def test_method_loss_symmetric_under_view_swap(tiny_method):
+    m = tiny_method("resnet")
     x1, x2 = _views()
     a = m([x1, x2], StepInfo(0, 10, 10))["loss"].item()
     b = m([x2, x1], StepInfo(0, 10, 10))["loss"].item()
@@ -87,8 +75,8 @@ def _linear_and_bn(head: nn.Sequential) -> tuple[list[nn.Linear], list[nn.BatchN
 
 @pytest.mark.parametrize("family, proj_layers, pred_last_bn", [("resnet", 2, False),
                                                                 ("vit", 3, True)])
-def test_heads_follow_the_spec_table(family, proj_layers, pred_last_bn):
-    m = _build(family)
+def test_heads_follow_the_spec_table(tiny_method, family, proj_layers, pred_last_bn):
+    m = tiny_method(family)
     lin, bns = _linear_and_bn(m.projector)
     assert len(lin) == proj_layers and all(layer.bias is None for layer in lin)
     assert lin[-1].out_features == 16 and lin[0].out_features == 32
@@ -101,8 +89,8 @@ def test_heads_follow_the_spec_table(family, proj_layers, pred_last_bn):
         assert not m.predictor[-1].affine
 
 
-def test_predictor_is_not_in_the_momentum_encoder():
-    m = _build("vit")
+def test_predictor_is_not_in_the_momentum_encoder(tiny_method):
+    m = tiny_method("vit")
     momentum = {id(p) for mod in (m.momentum_backbone, m.momentum_projector)
                 for p in mod.parameters()}
     assert not any(id(p) in momentum for p in m.predictor.parameters())
@@ -114,8 +102,8 @@ def test_predictor_is_not_in_the_momentum_encoder():
     assert not any("predictor" in n for n, _ in m.named_parameters() if n.startswith("momentum"))
 
 
-def test_momentum_encoder_frozen_no_grad_ema_identity_and_frozen_patch_embed():
-    m = _build("vit")
+def test_momentum_encoder_frozen_no_grad_ema_identity_and_frozen_patch_embed(tiny_method):
+    m = tiny_method("vit")
     with torch.no_grad():  # make θ_k ≠ θ_q so the identity is not trivial
         for p in m.momentum_projector.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -143,21 +131,21 @@ def test_momentum_encoder_frozen_no_grad_ema_identity_and_frozen_patch_embed():
     assert id(pe.weight) not in trainable and id(pe.bias) not in trainable
 
 
-def test_patch_embed_trains_without_stop_grad_conv1():
-    m = _build("vit", stop_grad_conv1=False)
+def test_patch_embed_trains_without_stop_grad_conv1(tiny_method):
+    m = tiny_method("vit", stop_grad_conv1=False)
     m(_views(), StepInfo(0, 1, 1))["loss"].backward()
     assert m.backbone.model.patch_embed.proj.weight.grad is not None
 
 
-def test_cosine_momentum_schedule_endpoints():
-    m = _build("resnet", momentum=0.99)
+def test_cosine_momentum_schedule_endpoints(tiny_method):
+    m = tiny_method("resnet", momentum=0.99)
     for step, expected in [(0, 0.99), (50, 1 - 0.01 / 2), (100, 1.0)]:
         m.before_step(StepInfo(step, 100, 10))
         assert m.momentum == pytest.approx(expected, abs=1e-12)
 
 
-def test_make_views_are_asymmetric_pipelines():
-    m = _build("resnet")
+def test_make_views_are_asymmetric_pipelines(tiny_method):
+    m = tiny_method("resnet")
     assert not any("Solarize" in type(op).__name__ for op in m.augment1)
     assert any("Solarize" in type(op).__name__ for op in m.augment2)
     v1, v2 = m.make_views(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))

@@ -1,4 +1,4 @@
-"""RotNet invariants from the spec sheet (§7, checklist #15)."""
+"""RotNet invariants (docs/methods.md#rotation-prediction; #test-checklist item 15)."""
 from __future__ import annotations
 
 import math
@@ -6,24 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from sslbench.backbones import create_backbone
-from sslbench.config import BackboneConfig
 from sslbench.errors import UserError
-from sslbench.ssl.base import DataSpec, StepInfo
+from sslbench.ssl.base import StepInfo
 from sslbench.ssl.rotation import RotNet, all_rotations, rotate, rotation_labels
 
-DATA = DataSpec(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+METHOD = RotNet  # the tiny_method fixture (conftest.py) builds it
 INFO = StepInfo(step=0, total_steps=10, steps_per_epoch=5)
-
-
-def _method(family: str = "resnet", **cfg) -> RotNet:
-    torch.manual_seed(0)
-    name = {"resnet": "test_resnet", "vit": "test_vit"}[family]
-    bb = create_backbone(OmegaConf.structured(BackboneConfig(name=name,
-                                                             small_input=family == "vit")), 32)
-    return RotNet(bb, RotNet.Config(**cfg), DATA)
 
 
 def _asymmetric(b: int = 1) -> torch.Tensor:
@@ -75,10 +64,10 @@ def test_non_square_images_rejected():
         all_rotations(torch.rand(2, 3, 32, 24))
 
 
-def test_make_views_augments_before_rotating():
+def test_make_views_augments_before_rotating(tiny_method):
     """Each group of 4 is one augmented image in 4 rotations (padding placed before rotation),
     and the crops differ between samples (per-sample kornia parameters)."""
-    m = _method()
+    m = tiny_method()
     images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(8, 3, 32, 32)
     torch.manual_seed(1)
     views = m.make_views(images.contiguous())
@@ -89,8 +78,8 @@ def test_make_views_augments_before_rotating():
     assert torch.unique(views[0::4].flatten(1), dim=0).shape[0] > 1
 
 
-def test_views_are_normalised_with_the_data_statistics():
-    m = _method(crop_padding=0, flip_p=0.0)  # augmentation is the identity
+def test_views_are_normalised_with_the_data_statistics(tiny_method):
+    m = tiny_method(crop_padding=0, flip_p=0.0)  # augmentation is the identity
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     views = m.make_views(images)
     expected = (images.float() / 255 - 0.5) / 0.25
@@ -98,8 +87,8 @@ def test_views_are_normalised_with_the_data_statistics():
 
 
 @pytest.mark.parametrize("family", ["resnet", "vit"])
-def test_chance_loss_with_zero_head_is_ln4(family):
-    m = _method(family)
+def test_chance_loss_with_zero_head_is_ln4(tiny_method, family):
+    m = tiny_method(family)
     torch.nn.init.zeros_(m.head.weight)
     torch.nn.init.zeros_(m.head.bias)
     views = m.make_views(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8))
@@ -109,8 +98,8 @@ def test_chance_loss_with_zero_head_is_ln4(family):
     assert out["loss"].dtype == torch.float32
 
 
-def test_small_random_head_is_near_chance_and_everything_gets_gradients():
-    m = _method()
+def test_small_random_head_is_near_chance_and_everything_gets_gradients(tiny_method):
+    m = tiny_method()
     views = m.make_views(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))
     out = m(views, INFO)
     assert abs(out["loss"].item() - math.log(4)) < 0.5
@@ -122,9 +111,9 @@ def test_small_random_head_is_near_chance_and_everything_gets_gradients():
     assert sum(g.abs().sum() for g in grads) > 0
 
 
-def test_rrc_crop_and_bad_crop_name():
-    m = _method(crop="rrc", flip_p=0.0)
+def test_rrc_crop_and_bad_crop_name(tiny_method):
+    m = tiny_method(crop="rrc", flip_p=0.0)
     views = m.make_views(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert views.shape == (8, 3, 32, 32)
     with pytest.raises(UserError, match="crop"):
-        _method(crop="center")
+        tiny_method(crop="center")

@@ -1,13 +1,15 @@
-"""SimCLR invariants from the spec sheet (§2, checklist #1-3) and per-sample augmentation."""
+"""SimCLR invariants (docs/methods.md#simclr; #test-checklist items 1-3) and per-sample
+augmentation."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from sslbench.ssl.augment import simclr_view
 from sslbench.ssl.simclr import nt_xent_loss
+from sslbench.views import simclr_view
 
 
 def test_nt_xent_orthonormal_identical_views__spec_value():
@@ -33,8 +35,18 @@ def test_nt_xent_invariances():
     base = nt_xent_loss(z1, z2, 0.3)
     assert nt_xent_loss(5.0 * z1, 0.1 * z2, 0.3).item() == pytest.approx(base.item(), abs=1e-6)
     assert nt_xent_loss(z2, z1, 0.3).item() == pytest.approx(base.item(), abs=1e-6)
-    # TF convention (loss_a + loss_b, each a mean over N) is twice our mean over 2N
-    assert base.item() > 0
+    # the definition, anchor by anchor (float64): -log of the softmax at the positive over the
+    # 2N - 1 other embeddings; the TF convention (loss_a + loss_b, each a mean over N anchors)
+    # is twice our mean over 2N
+    n, tau = 10, 0.3
+    z = F.normalize(torch.cat([z1, z2]).double(), dim=1)
+    terms = []
+    for a in range(2 * n):
+        others = torch.stack([z[k] for k in range(2 * n) if k != a])
+        terms.append(torch.logsumexp(others @ z[a] / tau, 0) - z[(a + n) % (2 * n)] @ z[a] / tau)
+    loss_a, loss_b = torch.stack(terms[:n]).mean(), torch.stack(terms[n:]).mean()
+    assert 2 * base.item() == pytest.approx((loss_a + loss_b).item(), abs=1e-5)
+    assert base.item() == pytest.approx(torch.stack(terms).mean().item(), abs=1e-6)
 
 
 def test_nt_xent_gradient_orthogonal_to_z():

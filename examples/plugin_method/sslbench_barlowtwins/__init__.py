@@ -65,8 +65,8 @@ from torch import Tensor
 from sslbench.config import CROP_SCALE, JITTER, NONNEG, POS_INT, POSITIVE, PROB, checked
 from sslbench.distributed import is_dist, world_size
 from sslbench.ssl import SSLMethod, StepInfo
-from sslbench.ssl.augment import Normalize, simclr_view
 from sslbench.ssl.heads import mlp_head
+from sslbench.views import simclr_view, to_float
 
 __all__ = ["BarlowTwins", "barlow_twins_loss", "cross_correlation"]
 __version__ = "0.1.0"
@@ -168,7 +168,6 @@ class BarlowTwins(SSLMethod):
         super().__init__(backbone, cfg, data)
         self.projector = mlp_head(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim,
                                   num_layers=3, batch_norm=True, last_bn=False, bias=False)
-        self.normalize = Normalize(data.mean, data.std)
         common = dict(crop_scale=cfg.crop_scale, jitter=cfg.jitter, gray_p=cfg.gray_p,
                       flip_p=cfg.flip_p)
         self.augment1 = simclr_view(data.image_size, blur_p=cfg.blur_p1,
@@ -181,7 +180,7 @@ class BarlowTwins(SSLMethod):
 
     @torch.no_grad()
     def make_views(self, images: Tensor) -> list[Tensor]:
-        x = images.float().div(255.0)
+        x = to_float(images)
         return [self.normalize(self.augment1(x)), self.normalize(self.augment2(x))]
 
     def forward(self, views: list[Tensor], step: StepInfo) -> dict[str, Tensor]:

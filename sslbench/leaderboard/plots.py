@@ -1,0 +1,326 @@
+"""SVG plots of the board, drawn as text: bars per method and backbone, ID vs OOD top-1,
+top-1 vs pretraining cost, and the section of the page that holds them.
+
+Every string from a record goes through :func:`.formatting.esc`, in SVG text and attributes alike.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from .aggregation import (
+    canonical, interval, label_fraction, pretrain_seconds, protocol_sort_key, top1,
+    without_fraction,
+)
+from .formatting import ci_text, esc, fraction_text, seconds, short
+
+PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#9D755D",
+           "#EECA3B", "#FF9DA6", "#79706E")
+ID_COLOR, OOD_COLOR = "#4C78A8", "#E45756"
+_FONT = 'system-ui, -apple-system, &quot;Segoe UI&quot;, Roboto, Arial, sans-serif'
+
+
+def _num(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def _text(x: float, y: float, text: str, anchor: str = "start", size: int = 11,
+          fill: str = "#1f2328", weight: str = "normal", title: str | None = None) -> str:
+    tip = f"<title>{esc(title)}</title>" if title else ""
+    return (f'<text x="{_num(x)}" y="{_num(y)}" text-anchor="{anchor}" font-size="{size}" '
+            f'fill="{fill}" font-weight="{weight}" dy="0.35em">{tip}{esc(text)}</text>')
+
+
+def _svg(width: int, height: float, body: list[str], label: str) -> str:
+    return (f'<svg viewBox="0 0 {width} {_num(height)}" '
+            f'role="img" aria-label="{esc(label)}" font-family="{_FONT}">'
+            + "".join(body) + "</svg>")
+
+
+def _x_axis(x0: float, width: float, top: float, bottom: float, title: str,
+            ticks: list[tuple[float, str]]) -> list[str]:
+    out = []
+    for pos, label in ticks:
+        x = x0 + pos * width
+        out.append(f'<line x1="{_num(x)}" y1="{_num(top)}" x2="{_num(x)}" y2="{_num(bottom)}" '
+                   f'stroke="#e5e8eb" stroke-width="1"/>')
+        out.append(_text(x, bottom + 10, label, "middle", 10, "#59636e"))
+    out.append(f'<line x1="{_num(x0)}" y1="{_num(bottom)}" x2="{_num(x0 + width)}" '
+               f'y2="{_num(bottom)}" stroke="#afb8c1" stroke-width="1"/>')
+    out.append(_text(x0 + width / 2, bottom + 26, title, "middle", 11, "#59636e"))
+    return out
+
+
+def _legend(items: list[tuple[str, str]], x0: float, y: float,
+            max_x: float) -> tuple[list[str], float]:
+    out, x = [], x0
+    for color, label in items:
+        label = short(label, 28)
+        w = 18 + 6.6 * len(label) + 14
+        if x + w > max_x and x > x0:
+            x, y = x0, y + 18
+        out.append(f'<rect x="{_num(x)}" y="{_num(y - 5)}" width="11" height="11" rx="2" '
+                   f'fill="{color}"/>')
+        out.append(_text(x + 16, y + 0.5, label, size=11))
+        x += w
+    return out, y + 18
+
+
+def _pct_ticks() -> list[tuple[float, str]]:
+    return [(v / 100, str(v)) for v in range(0, 101, 20)]
+
+
+def _clamp(v: float) -> float:
+    return min(1.0, max(0.0, v))
+
+
+def _whisker(x1: float, x2: float, y: float, color: str = "#1f2328") -> str:
+    return (f'<line x1="{_num(x1)}" y1="{_num(y)}" x2="{_num(x2)}" y2="{_num(y)}" '
+            f'stroke="{color}" stroke-width="1.3"/>'
+            f'<line x1="{_num(x1)}" y1="{_num(y - 4)}" x2="{_num(x1)}" y2="{_num(y + 4)}" '
+            f'stroke="{color}" stroke-width="1.3"/>'
+            f'<line x1="{_num(x2)}" y1="{_num(y - 4)}" x2="{_num(x2)}" y2="{_num(y + 4)}" '
+            f'stroke="{color}" stroke-width="1.3"/>')
+
+
+def _row_name(row: dict[str, Any]) -> str:
+    return f"{row['method']} · {row['backbone']} · {row['recipe']}"
+
+
+def bar_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) -> str:
+    """Grouped horizontal bars: one group per method, one bar per backbone, CI whiskers."""
+    W, label_w, right = 680, 170, 96
+    x0, width = label_w + 12, W - label_w - 12 - right
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    methods = sorted(by_method, key=lambda m: (-max(top1(r)["mean"] for r in by_method[m]), m))
+    backbones = sorted({r["backbone"] for r in rows})
+    legend, y = _legend([(colors[b], b) for b in backbones], x0, 12, W - 8)
+    top = y + 4
+    bar_h, gap, group_gap = 15, 4, 14
+    body: list[str] = []
+    y = top + 6
+    for method in methods:
+        group = sorted(by_method[method], key=lambda r: (r["backbone"], r["recipe"]))
+        h = len(group) * bar_h + (len(group) - 1) * gap
+        body.append(_text(label_w, y + h / 2, short(method, 24), "end", 12, weight="600",
+                          title=method))
+        dup = len({r["backbone"] for r in group}) < len(group)
+        for row in group:
+            acc = top1(row)
+            cy = y + bar_h / 2
+            xm = x0 + _clamp(acc["mean"]) * width
+            tip = f"{_row_name(row)}: {ci_text(acc)} % (n={row['n']})"
+            body.append(f'<rect x="{_num(x0)}" y="{_num(y)}" width="{_num(xm - x0)}" '
+                        f'height="{bar_h}" rx="2" fill="{colors[row["backbone"]]}" '
+                        f'fill-opacity="0.9"><title>{esc(tip)}</title></rect>')
+            end = xm
+            if acc["ci95"] is not None:
+                lo, hi = interval(acc)
+                xl, xh = x0 + _clamp(lo) * width, x0 + _clamp(hi) * width
+                body.append(_whisker(xl, xh, cy))
+                end = max(end, xh)
+            text = ci_text(acc) + (f"  ({short(row['recipe'], 14)})" if dup else "")
+            body.append(_text(end + 5, cy, text, size=10.5, fill="#3d444d"))
+            y += bar_h + gap
+        y += group_gap - gap
+    bottom = y
+    axis = _x_axis(x0, width, top, bottom, "top-1 accuracy (%)", _pct_ticks())
+    return _svg(W, bottom + 36, legend + axis + body, label)
+
+
+def ood_plot(rows: list[dict[str, Any]], label: str) -> str:
+    """Dumbbell plot: in-distribution vs OOD top-1 per method (× backbone), with CIs."""
+    W, label_w, right = 680, 220, 64
+    x0, width = label_w + 12, W - label_w - 12 - right
+    legend, y = _legend([(ID_COLOR, "in-distribution test"), (OOD_COLOR, "OOD test")],
+                        x0, 12, W - 8)
+    legend.append(_text(W - 6, 12, "OOD − ID", "end", 10.5, "#59636e", "600"))
+    top = y + 4
+    step = 24
+    body: list[str] = []
+    ordered = sorted(rows, key=lambda r: (-top1(r)["mean"], r["method"], r["backbone"]))
+    names = [f"{r['method']} · {r['backbone']}" for r in ordered]
+    dup = len(set(names)) < len(names)
+    y = top + 14
+    for row, name in zip(ordered, names):
+        if dup:
+            name += f" · {row['recipe']}"
+        idm, ood = top1(row), top1(row, "ood_acc")
+        xi, xo = x0 + _clamp(idm["mean"]) * width, x0 + _clamp(ood["mean"]) * width
+        body.append(_text(label_w, y, short(name, 34), "end", 11.5, title=name))
+        body.append(f'<line x1="{_num(xo)}" y1="{_num(y)}" x2="{_num(xi)}" y2="{_num(y)}" '
+                    f'stroke="#c9d1d9" stroke-width="4" stroke-linecap="round"/>')
+        for summary, color, hollow in ((ood, OOD_COLOR, True), (idm, ID_COLOR, False)):
+            if summary["ci95"] is not None:
+                lo, hi = interval(summary)
+                body.append(_whisker(x0 + _clamp(lo) * width, x0 + _clamp(hi) * width, y,
+                                     color))
+            cx = x0 + _clamp(summary["mean"]) * width
+            fill = "#ffffff" if hollow else color
+            kind = "OOD" if hollow else "ID"
+            tip = f"{name} — {kind}: {ci_text(summary)} % (n={row['n']})"
+            body.append(f'<circle cx="{_num(cx)}" cy="{_num(y)}" r="5" fill="{fill}" '
+                        f'stroke="{color}" stroke-width="2"><title>{esc(tip)}</title></circle>')
+        gap = 100 * (ood["mean"] - idm["mean"])
+        body.append(_text(W - 6, y, f"{gap:+.1f}", "end", 10.5, "#59636e",
+                          title="OOD minus ID (points)"))
+        y += step
+    bottom = y - step / 2 + 4
+    axis = _x_axis(x0, width, top, bottom, "top-1 accuracy (%)", _pct_ticks())
+    return _svg(W, bottom + 36, legend + axis + body, label)
+
+
+_TIME_TICKS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200,
+               10800, 21600, 43200, 86400, 172800, 432000, 864000, 2592000)
+
+
+def _tick_time(t: float) -> str:
+    if t < 60:
+        return f"{t:g} s"
+    if t < 3600:
+        return f"{t / 60:g} min"
+    if t < 86400:
+        return f"{t / 3600:g} h"
+    return f"{t / 86400:g} d"
+
+
+def _time_scale(times: list[float]) -> tuple[Any, list[tuple[float, str]], bool]:
+    """Position function (seconds -> [0, 1]), ticks and whether the axis is logarithmic."""
+    lo, hi = min(times), max(times)
+    if lo > 0 and hi / lo > 10:
+        a, b = math.log10(lo / 1.6), math.log10(hi * 1.6)
+        pos = lambda t: (math.log10(t) - a) / (b - a)  # noqa: E731
+        ticks: list[tuple[float, str]] = []
+        for t in _TIME_TICKS:
+            if 0 <= pos(t) <= 1 and (not ticks or pos(t) - ticks[-1][0] >= 0.14):
+                ticks.append((pos(t), _tick_time(t)))
+        return pos, ticks, True
+    hi = hi if hi > 0 else 1.0
+    step = next((t for t in _TIME_TICKS if hi * 1.1 / t <= 6), _TIME_TICKS[-1])
+    top = step * math.ceil(hi * 1.1 / step)
+    pos = lambda t: t / top  # noqa: E731
+    # one unit along a linear axis: 0 s, 15 s, ..., 75 s rather than ..., 1 min, 1.25 min
+    unit, name = next(((u, n) for u, n, limit in ((1, "s", 180), (60, "min", 10800),
+                                                  (3600, "h", 259200)) if top < limit),
+                      (86400, "d"))
+    return pos, [(k * step / top, f"{k * step / unit:g} {name}")
+                 for k in range(int(round(top / step)) + 1)], False
+
+
+def cost_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) -> str:
+    """Scatter: top-1 vs mean pretraining wall time (log axis when it spans > 10×)."""
+    W, H, x0, right = 680, 300, 56, 130
+    legend, top = _legend([(colors[b], b) for b in sorted({r["backbone"] for r in rows})],
+                          x0, 12, W - 8)
+    top += 8
+    width, bottom = W - x0 - right, H - 44
+    pos, ticks, log = _time_scale([pretrain_seconds(r) for r in rows])
+    body = _x_axis(x0, width, top, bottom,
+                   "mean pretraining wall time" + (" (log scale)" if log else ""), ticks)
+    accs = [top1(r) for r in rows]
+    lo_a = min(interval(a)[0] for a in accs)
+    hi_a = max(interval(a)[1] for a in accs)
+    a_min = max(0.0, math.floor((lo_a - 0.02) * 10) / 10)
+    a_max = min(1.0, math.ceil((hi_a + 0.02) * 10) / 10)
+    if a_max - a_min < 0.2:
+        a_min, a_max = max(0.0, a_max - 0.2), max(a_max, 0.2)
+    yp = lambda v: bottom - (v - a_min) / (a_max - a_min) * (bottom - top)  # noqa: E731
+    steps = int(round((a_max - a_min) / 0.1))
+    for k in range(steps + 1):
+        v = a_min + k * (a_max - a_min) / steps
+        body.append(f'<line x1="{x0}" y1="{_num(yp(v))}" x2="{x0 + width}" y2="{_num(yp(v))}" '
+                    f'stroke="#eef1f4" stroke-width="1"/>')
+        body.append(_text(x0 - 6, yp(v), f"{100 * v:.0f}", "end", 10, "#59636e"))
+    mid = _num((top + bottom) / 2)
+    body.append(f'<text x="14" y="{mid}" font-size="11" fill="#59636e" text-anchor="middle" '
+                f'transform="rotate(-90 14 {mid})">top-1 (%)</text>')
+    points, labels = [], []
+    placed: list[tuple[float, float, float]] = []  # (x1, x2, y) of labels already placed
+    for row, acc in sorted(zip(rows, accs), key=lambda p: -p[1]["mean"]):
+        cx, cy = x0 + pos(pretrain_seconds(row)) * width, yp(acc["mean"])
+        color = colors[row["backbone"]]
+        if acc["ci95"] is not None:
+            lo, hi = interval(acc)
+            y1, y2 = yp(max(lo, a_min)), yp(min(hi, a_max))
+            points.append(f'<line x1="{_num(cx)}" y1="{_num(y1)}" x2="{_num(cx)}" '
+                          f'y2="{_num(y2)}" stroke="{color}" stroke-width="1.4"/>')
+        tip = (f"{_row_name(row)}: {ci_text(acc)} % after "
+               f"{seconds(pretrain_seconds(row))} pretraining (n={row['n']})")
+        points.append(f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="5.5" fill="{color}" '
+                      f'stroke="#ffffff" stroke-width="1.5"><title>{esc(tip)}</title></circle>')
+        text = short(row["method"], 22)
+        x1, x2, ly = cx + 9, cx + 9 + 6.4 * len(text), cy
+        while any(a < x2 and x1 < b and abs(ly - y) < 12 for a, b, y in placed):
+            ly += 12  # nudge down until it no longer overlaps a placed label
+        placed.append((x1, x2, ly))
+        if ly != cy:
+            labels.append(f'<line x1="{_num(cx + 4)}" y1="{_num(cy + 2)}" x2="{_num(x1 - 1)}" '
+                          f'y2="{_num(ly)}" stroke="#afb8c1" stroke-width="0.8"/>')
+        labels.append(_text(x1, ly, text, size=11, title=_row_name(row)))
+    return _svg(W, max(H, max(y for _, _, y in placed) + 50), legend + body + points + labels,
+                label)
+
+
+def backbone_colors(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """One palette colour per backbone, in backbone name order."""
+    backbones = sorted({r["backbone"] for r in rows})
+    return {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(backbones)}
+
+
+def plots_section(rows: list[dict[str, Any]]) -> str:
+    """The page's plots of the measured rows: one panel per dataset, protocol, label fraction
+    and settings variant (colours per backbone over all ``rows``)."""
+    colors = backbone_colors(rows)
+    measured = [r for r in rows if r.get("kind", "measured") != "reported" and top1(r)]
+    if not measured:
+        return '<p class="muted">No measured results to plot yet.</p>'
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in measured:
+        settings = without_fraction(r["protocol_settings"])
+        groups[(r["dataset"], r["protocol"], label_fraction(r), canonical(settings))].append(r)
+    n_variants: dict[tuple[str, str, float], int] = defaultdict(int)
+    for d, p, f, _ in groups:
+        n_variants[(d, p, f)] += 1
+    any_cost = any(pretrain_seconds(r) is not None for r in measured)
+    out: list[str] = []
+    if not any_cost:
+        out.append('<p class="note">No accuracy-vs-cost plot: no record has a pretraining wall '
+                   "time yet (<code>pretrain.wall_time_s</code>).</p>")
+    keys = sorted(groups, key=lambda k: (k[0], protocol_sort_key(k[1]), -k[2], k[3]))
+    dataset = None
+    variant_no: dict[tuple[str, str, float], int] = defaultdict(int)
+    for key in keys:
+        d, p, f, settings = key
+        if d != dataset:
+            out.append(f"<h3>{esc(d)}</h3>")
+            dataset = d
+        title = p + (f" · {fraction_text(f)} labels" if f != 1.0 else "")
+        if n_variants[(d, p, f)] > 1:
+            variant_no[(d, p, f)] += 1
+            title += f" · settings variant {variant_no[(d, p, f)]}"
+        group = groups[key]
+        where = f"{d} · {title}"
+        figs = [
+            f"<figure>{bar_plot(group, colors, f'Top-1 per method and backbone, {where}')}"
+            f"<figcaption><b>Top-1 per method × backbone</b> — {esc(where)}. Bars: mean over "
+            f"seeds; whiskers: 95% CI.</figcaption></figure>"]
+        with_ood = [r for r in group if top1(r, "ood_acc")]
+        if with_ood:
+            figs.append(
+                f"<figure>{ood_plot(with_ood, f'ID vs OOD top-1, {where}')}"
+                f"<figcaption><b>In-distribution vs OOD top-1</b> — {esc(where)}. Filled: ID "
+                f"test, hollow: OOD test; whiskers: 95% CI.</figcaption></figure>")
+        with_cost = [r for r in group if pretrain_seconds(r) is not None]
+        if with_cost:
+            figs.append(
+                f"<figure>{cost_plot(with_cost, colors, f'Top-1 vs pretraining cost, {where}')}"
+                f"<figcaption><b>Top-1 vs pretraining cost</b> — {esc(where)}. Only rows with "
+                f"a recorded pretraining time (baselines have none); whiskers: 95% CI."
+                f"</figcaption></figure>")
+        out.append(f"<h4>{esc(title)}</h4><div class=\"plots\">{''.join(figs)}</div>")
+    return "".join(out)
+
+
