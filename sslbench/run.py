@@ -176,7 +176,7 @@ class RunBusy(UserError):
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Hold ``run_dir/.lock`` (rank 0 only): one process trains or runs a directory at a time."""
-    if D.is_dist() and not D.is_main() or int(os.environ.get("RANK", "0")) != 0:
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun sets RANK before the group exists
         yield
         return
     from filelock import FileLock, Timeout
