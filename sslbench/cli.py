@@ -1,5 +1,5 @@
 """``sslbench`` command line: methods | pretrain | eval | run | benchmark | leaderboard |
-check-method | new-method.
+check-method | new-method | export.
 
 Bad input (unknown key, wrong type, missing path, unsupported backbone...) prints one line and
 exits with code 2; ``--debug`` shows the traceback. A failed run (e.g. non-finite loss) exits 1.
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from . import __version__
 from .config import BOARD_DIR, RUNS_DIR
 from .errors import UserError
 
@@ -25,12 +26,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sslbench", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"sslbench {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_methods(sub)
     _add_run_commands(sub)
     _add_suite_commands(sub)
     _add_method_tools(sub)
     _add_leaderboard(sub)
+    _add_export(sub)
     return ap
 
 
@@ -59,8 +62,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
                         "(default)")
     p.add_argument("--backbone", default="run",
                    help="run (the pretrained backbone) | random | pixels | supervised (trained "
-                        "from scratch on the labels) | timm:NAME (weights from "
-                        "backbone.checkpoint=PATH)")
+                        "from scratch on the labels) | timm:NAME (timm's pretrained weights; "
+                        "backbone.checkpoint=PATH overrides)")
     _add_common(p)
 
     p = sub.add_parser("run", help="pretrain, evaluate, record and render the leaderboard")
@@ -138,8 +141,22 @@ def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
     _add_common(p)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    """export: a finished run as a timm / Hugging Face Hub model folder."""
+    p = sub.add_parser("export", help="write a finished run as a timm / Hugging Face Hub model "
+                                      "folder (config.json, model.safetensors, README.md)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished pretraining run directory")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the model folder to write (new or empty)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite the export files in a non-empty OUT_DIR")
+    p.add_argument("--board", metavar="DIR", help="leaderboard directory whose records give the "
+                                                  "model card's numbers (default: the run's "
+                                                  "leaderboard.dir)")
+    _add_common(p)
+
+
 def _load(target: str, overrides: list[str]):
-    from .config import load_recipe
+    from .recipe import load_recipe
     from .run import load_run, recipe_info
 
     t = Path(target)
@@ -223,11 +240,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import run_suite
+    from .suite import run_suite
 
     out = run_suite(args.suite, args.only, args.skip, args.dry_run, args.quiet, args.overrides)
     if out and not args.dry_run and not args.quiet:
-        from .config import load_recipe
+        from .recipe import load_recipe
 
         board = load_recipe(out[-1][0].recipe, args.overrides).leaderboard.dir
         print(f"records: {board}/results; board: {board}/LEADERBOARD.md; compare with the "
@@ -332,6 +349,19 @@ def cmd_new_method(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    out = export_run(args.run_dir, args.out_dir, force=args.force, board=args.board)
+    if not args.quiet:
+        how = (f"timm.create_model('local-dir:{args.out_dir}', pretrained=True)"
+               if out["timm_loads"] else "sslbench.export.load_export (timm cannot build its "
+                                         "32 px ResNet stem; see its README.md)")
+        print(f"exported {args.run_dir} -> {args.out_dir} (config.json, model.safetensors, "
+              f"README.md; {out['rows']} board rows); load it with {how}")
+    return 0
+
+
 def _print_records(records: list[dict]) -> None:
     for r in records:
         m = r["metrics"]
@@ -343,7 +373,7 @@ def _print_records(records: list[dict]) -> None:
 COMMANDS = {"methods": cmd_methods, "pretrain": cmd_pretrain, "eval": cmd_eval, "run": cmd_run,
             "benchmark": cmd_benchmark, "leaderboard": cmd_leaderboard,
             "check-method": cmd_check_method, "new-method": cmd_new_method,
-            "wandb-sync": cmd_wandb_sync}
+            "wandb-sync": cmd_wandb_sync, "export": cmd_export}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

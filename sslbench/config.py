@@ -6,18 +6,16 @@ messages that name the nearest valid key or the expected type. Method hyper-para
 method's own ``Config`` dataclass (looked up through the registry from ``method.name``).
 
 Each field's allowed values (its domain) are declared next to it with :func:`checked`
-(``batch_size: int = checked(POS_INT, 256)``); :func:`load_recipe` checks every value of the
-merged config, and of the method's merged ``Config``, before anything else runs.
+(``batch_size: int = checked(POS_INT, 256)``); :func:`sslbench.recipe.load_recipe` checks every
+value of the merged config, and of the method's merged ``Config``, before anything else runs.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
@@ -25,12 +23,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .errors import UserError, did_you_mean
+from .identity import BASELINES
+from .registry import published
 
 
 # -- where things go (every default directory name has its home here) -------------------------
 RUNS_DIR = "runs"  # run directories: runs/<run-id>, suite cells runs/<suite>/<cell>
 BOARD_DIR = "leaderboard"  # the committed board: changes only through `leaderboard submit`
 LOCAL_BOARD_DIR = f"{RUNS_DIR}/leaderboard"  # where run / eval / benchmark write by default
+# named datasets (data.download) land in <DATA_CACHE_DIR>/<data.name> when data.path is unset
+DATA_CACHE_DIR = "~/.cache/sslbench"
 
 
 # -- value domains -------------------------------------------------------------------------------
@@ -215,7 +217,8 @@ JITTER = Jitter()
 
 def checked(rule: Rule, default: Any = dataclasses.MISSING, *,
             factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field whose values :func:`load_recipe` checks against ``rule``."""
+    """A dataclass field whose values :func:`sslbench.recipe.load_recipe` checks against
+    ``rule``."""
     return field(default=default, default_factory=factory, metadata={"domain": rule})
 
 
@@ -238,31 +241,15 @@ def patch_size_problem(image_size: int, patch: int) -> Optional[str]:
     return None
 
 
-# closed sets whose home is elsewhere (read when checking: those modules import torch)
-def _sources() -> tuple[str, ...]:
-    from .datasets import SOURCES
-    return SOURCES
+def _published(kind: str) -> Callable[[], tuple[str, ...]]:
+    """The names of ``kind`` as published by their owner (``registry.publish``), read when a
+    value is checked: ``source`` (datasets), ``ood_kind`` (datasets.ood), ``optimizer`` (optim),
+    ``protocol`` (eval.protocol)."""
+    return lambda: published(kind)
 
 
-def _ood_kinds() -> tuple[str, ...]:
-    from .datasets.ood import OOD_KINDS
-    from .datasets.sources import path_sources
-    return (*OOD_KINDS, *path_sources())
-
-
-def _optimizers() -> tuple[str, ...]:
-    from .optim import OPTIMIZERS
-    return OPTIMIZERS
-
-
-def _protocols() -> tuple[str, ...]:
-    from .run import PROTOCOLS
-    return PROTOCOLS
-
-
-def _baselines() -> tuple[str, ...]:
-    from .run import BASELINES
-    return BASELINES
+_SOURCES, _OOD_KINDS = _published("source"), _published("ood_kind")
+_OPTIMIZERS, _PROTOCOLS = _published("optimizer"), _published("protocol")
 
 
 @dataclass
@@ -280,7 +267,7 @@ class BackboneConfig:
 class OODSetConfig:
     """One extra out-of-distribution evaluation set (sslbench/datasets/ood.py)."""
     name: str = "ood_set"  # metrics are reported as <name>_acc
-    kind: str = checked(OneOf(_ood_kinds), "stl10")  # stl10 | cifar10_1 | cifar10_c | a source
+    kind: str = checked(OneOf(_OOD_KINDS), "stl10")  # stl10 | cifar10_1 | cifar10_c | a source
     path: Optional[str] = None
     split: Optional[str] = None  # for generic sources (default test)
     class_map: dict[str, str] = field(default_factory=dict)  # OOD class -> training class
@@ -291,11 +278,17 @@ class OODSetConfig:
 
 @dataclass
 class DataConfig:
-    # embedded | hf | parquet | imagefolder | cifar10 | cifar100 (datasets.SOURCES)
-    name: str = checked(OneOf(_sources), "embedded")
+    # embedded | cifar10 | cifar100 | stl10 | imagefolder | hf | parquet | hf_imagefolder
+    # (datasets.SOURCES)
+    name: str = checked(OneOf(_SOURCES), "embedded")
     path: Optional[str] = None  # hub name or local directory/file for the non-embedded sources
+    # cifar10 / cifar100 / stl10: fetch (torchvision's download + MD5 check) into data.path, or
+    # <DATA_CACHE_DIR>/<name> when data.path is unset, if the data is not there yet
+    download: bool = True
     image_size: int = checked(POS_INT, 32)
-    train_split: str = "train"
+    train_split: str = "train"  # the labelled split the probes train on
+    # the split pretraining reads (null: train_split), e.g. STL-10's 100k `unlabeled`
+    pretrain_split: Optional[str] = None
     test_split: str = "test"
     ood_split: Optional[str] = "ood"  # evaluated when the dataset has it
     ood_sets: list[OODSetConfig] = field(default_factory=list)  # extra OOD evaluation sets
@@ -305,13 +298,16 @@ class DataConfig:
     mean: list[float] = checked(ListOf(Num()), factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = checked(ListOf(POSITIVE), factory=lambda: [0.25, 0.25, 0.25])
     # embedded benchmark only
-    renders_per_train_glyph: int = checked(POS_INT, 4)
-    renders_per_test_glyph: int = checked(POS_INT, 2)
+    # the embedded benchmark: half the glyphs held out, 12 renders of each for test (and OOD),
+    # so that a test accuracy's bootstrap SE over glyphs is below 1 point (docs/findings.md)
+    renders_per_train_glyph: int = checked(POS_INT, 6)
+    renders_per_test_glyph: int = checked(POS_INT, 12)
+    test_glyph_fraction: float = checked(OPEN_UNIT, 0.5)
 
 
 @dataclass
 class OptimConfig:
-    name: str = checked(OneOf(_optimizers), "sgd")  # sgd | adamw | lars (optim.OPTIMIZERS)
+    name: str = checked(OneOf(_OPTIMIZERS), "sgd")  # sgd | adamw | lars (optim.OPTIMIZERS)
     lr: float = checked(POSITIVE, 0.3)  # base lr, scaled by `lr_scaling` with the global batch
     # linear (lr*B/256) | sqrt (lr*sqrt(B)) | none
     lr_scaling: str = checked(OneOf(("linear", "sqrt", "none")), "linear")
@@ -359,7 +355,9 @@ class LinearConfig:
     # inverse regularisation strengths C (sklearn convention), chosen on the validation split
     c_grid: list[float] = checked(ListOf(POSITIVE),
                                   factory=lambda: [10.0 ** e for e in range(-3, 3)])
-    max_iter: int = checked(POS_INT, 100)
+    # L-BFGS iterations per fit (each C, warm-started along the path, and the refit); a fit that
+    # stops here unconverged is flagged in its record (sslbench/eval/linear.py: convergence)
+    max_iter: int = checked(POS_INT, 1000)
     refit_on_train_and_val: bool = True
 
 
@@ -419,9 +417,9 @@ class SupervisedConfig(FinetuneConfig):
 
 @dataclass
 class EvalConfig:
-    protocols: list[str] = checked(ListOf(OneOf(_protocols)),
+    protocols: list[str] = checked(ListOf(OneOf(_PROTOCOLS)),
                                    factory=lambda: ["linear", "knn"])
-    baselines: list[str] = checked(ListOf(OneOf(_baselines, prefixes=("timm:",)), empty_ok=True),
+    baselines: list[str] = checked(ListOf(OneOf(BASELINES, prefixes=("timm:",)), empty_ok=True),
                                    factory=lambda: ["raw_pixels", "random_init"])
     seeds: list[int] = checked(ListOf(NONNEG_INT), factory=lambda: [0])
     # class-stratified, seeded (per eval seed), nested subsets of the train split, applied to
@@ -462,7 +460,7 @@ class LeaderboardConfig:
 class RunConfig:
     name: Optional[str] = None
     plugins: list[str] = field(default_factory=list)
-    # validated against the method's own Config dataclass (see load_recipe)
+    # validated against the method's own Config dataclass (see sslbench.recipe.load_recipe)
     method: Any = field(default_factory=lambda: {"name": "simclr"})
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -502,7 +500,7 @@ def _friendly(err: OmegaConfBaseException, schema: Any, where: str) -> UserError
     return UserError(f"{where}: {msg} (key '{key}')")
 
 
-def _merge(base: DictConfig, other: Any, schema: Any, where: str) -> DictConfig:
+def merge_source(base: DictConfig, other: Any, schema: Any, where: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
@@ -596,71 +594,6 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
             value = raw
         OmegaConf.update(out, key.strip(), value, force_add=True)
     return out
-
-
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
-                base: dict | None = None) -> DictConfig:
-    """Load and validate a recipe (or a saved resolved config), then apply overrides.
-
-    Returns a struct-mode DictConfig whose ``method`` node has been validated against the method's
-    own ``Config`` dataclass (defaults filled in); every value is checked against its field's
-    domain (:func:`check_domains`) before anything reads data.
-    """
-    schema = RunConfig()
-    cfg = OmegaConf.structured(RunConfig)
-    # The method section is validated separately against the method's own dataclass.
-    OmegaConf.set_struct(cfg, True)
-    OmegaConf.set_struct(cfg.backbone.kwargs, False)  # free-form timm kwargs
-    sources: list[tuple[Any, str]] = []
-    if base is not None:
-        sources.append((OmegaConf.create(base), "config"))
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"recipe not found: {p}; pass a YAML file such as recipes/quickstart.yaml")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{p}: a recipe must be a mapping of sections (method:, backbone:, ...)")
-        sources.append((OmegaConf.create(raw), str(p)))
-    if overrides:
-        sources.append((parse_overrides(overrides), "command line"))
-
-    method_parts: list[tuple[Any, str]] = []
-    origins: list[tuple[dict, str]] = []  # plain sources, to say where a bad value came from
-    for src, where in sources:
-        src = OmegaConf.to_container(src)
-        origins.append((copy.deepcopy(src), where))
-        m = src.pop("method", None)
-        if m is not None:
-            if not isinstance(m, dict):
-                raise UserError(f"{where}: 'method' must be a mapping with at least 'name'")
-            method_parts.append((m, where))
-        cfg = _merge(cfg, src, schema, where)
-
-    method_dict: dict = {}
-    for m, _ in method_parts:
-        method_dict.update(m)
-    name = method_dict.get("name", "simclr")
-    from .ssl import get_method  # late import: plugins may only now be loaded
-
-    for plugin in cfg.plugins:
-        from .registry import load_plugin_file
-        load_plugin_file(plugin)
-    method_cls = get_method(name)
-    mschema = OmegaConf.structured(method_cls.Config)
-    OmegaConf.set_struct(mschema, True)
-    mcfg = mschema
-    for m, where in method_parts:
-        m = {k: v for k, v in m.items() if k != "name"}
-        mcfg = _merge(mcfg, m, method_cls.Config(), f"{where} (method '{name}')")
-    check_domains(cfg, mcfg, method_cls, origins, str(path) if path is not None else "config")
-    OmegaConf.set_struct(cfg, False)
-    cfg.method = OmegaConf.merge({"name": name}, mcfg)
-    OmegaConf.set_struct(cfg, True)
-    return cfg
 
 
 def to_yaml(cfg: DictConfig) -> str:

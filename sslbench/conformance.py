@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
+from .config import DataConfig
 from .engine import train_step as engine_step
 from .ssl import METHODS, StepInfo
 
@@ -60,7 +61,7 @@ class Check:
 
 def tiny_config(name: str, family: str, plugins: Sequence[str] = (), seed: int = 0):
     """The resolved run config the kit uses: tiny backbone, the method's ``test_overrides``."""
-    from .config import load_recipe
+    from .recipe import load_recipe
 
     overrides = [f"method.name={name}", f"backbone.name={TINY_BACKBONES[family]}",
                  "optim.name=adamw", f"train.seed={seed}"]
@@ -88,7 +89,7 @@ def build(name: str, family: str, plugins: Sequence[str] = (), seed: int = 0):
 def sample_images(n: int = BATCH) -> torch.Tensor:
     from .datasets.embedded import build_embedded
 
-    return build_embedded()["train"].images[:n]
+    return build_embedded(DataConfig())["train"].images[:n]
 
 
 def train_step(method, opt, views, info, seed: int, model=None) -> float:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .datasets import ImageDataset
@@ -110,6 +111,11 @@ class FitResult:
     wall_time_s: float
     img_per_s: float
     final_loss: float
+    # model FLOPs (forward + backward, every view) per source image, counted on the first step
+    # this process ran (torch.utils.flop_counter: matmuls, convolutions, attention); None when
+    # no step ran here (a finished run resumed). total_flops = flops_per_image x images_seen.
+    flops_per_image: Optional[float] = None
+    total_flops: Optional[float] = None
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -196,8 +202,8 @@ def train_step(method: SSLMethod, optimizer: torch.optim.Optimizer, info: StepIn
                model: Optional[nn.Module] = None, device: Optional[torch.device] = None,
                precision: str = "fp32", scaler: Optional[torch.amp.GradScaler] = None,
                clip_grad: Optional[float] = None, lr_wd: Optional[tuple[float, float]] = None,
-               check: Optional[Callable[[torch.Tensor, StepInfo], None]] = None
-               ) -> dict[str, torch.Tensor]:
+               check: Optional[Callable[[torch.Tensor, StepInfo], None]] = None,
+               flops: Optional[FlopCounterMode] = None) -> dict[str, torch.Tensor]:
     """One optimisation step, in the order of the method contract (``sslbench/ssl/base.py``)::
 
         [lr / weight decay] -> before_step -> views -> autocast forward -> [check(loss)]
@@ -207,25 +213,28 @@ def train_step(method: SSLMethod, optimizer: torch.optim.Optimizer, info: StepIn
     batch, moved to ``device`` when given) go through ``make_views``; ``views`` made beforehand
     skip it. ``model`` is what is called (the DDP wrapper; default the method). ``check`` sees
     the loss before the backward pass and may raise (the engine's non-finite check). With a
-    ``scaler`` (fp16), hooks and clipping see unscaled gradients. Returns ``forward``'s dict."""
+    ``scaler`` (fp16), hooks and clipping see unscaled gradients. ``flops`` (a
+    ``torch.utils.flop_counter.FlopCounterMode``) counts the model FLOPs of forward and backward,
+    not those of the augmentation or the optimizer. Returns ``forward``'s dict."""
     if lr_wd is not None:
         set_lr_wd(optimizer, *lr_wd)
     method.before_step(info)
     if views is None:
         views = method.make_views(images if device is None
                                   else images.to(device, non_blocking=True))
-    with _autocast(device, precision):
-        out = (method if model is None else model)(views, info)
-    loss = out["loss"]
-    if check is not None:
-        check(loss, info)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-    else:
-        scaler.scale(loss).backward()
-        if scaler.is_enabled():  # fp16: hooks and clipping must see true gradients
-            scaler.unscale_(optimizer)
+    with flops if flops is not None else contextlib.nullcontext():
+        with _autocast(device, precision):
+            out = (method if model is None else model)(views, info)
+        loss = out["loss"]
+        if check is not None:
+            check(loss, info)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+    if scaler is not None and scaler.is_enabled():  # fp16: hooks and clipping see true gradients
+        scaler.unscale_(optimizer)
     method.after_backward(info)
     if clip_grad:
         nn.utils.clip_grad_norm_(method.parameters(), clip_grad)
@@ -270,13 +279,17 @@ def _fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device
     guard = _LossGuard(stop, ckpt)
     t0, images, last_loss = time.perf_counter(), images_before, resumed_loss
     log = _StepLog(tracker, tcfg.log_every, total, spe, t0, images)
+    counter: Optional[FlopCounterMode] = FlopCounterMode(display=False)
+    flops_per_image: Optional[float] = None
     try:
         for step, (x, _) in enumerate(loader, start=start):
             info = StepInfo(step=step, total_steps=total, steps_per_epoch=spe)
             lr, wd = _lr_wd(ocfg, step, total, warmup, peak_lr)
             out = train_step(method, optimizer, info, images=x, model=model, device=device,
                              precision=precision, scaler=scaler, clip_grad=ocfg.clip_grad,
-                             lr_wd=(lr, wd), check=guard)
+                             lr_wd=(lr, wd), check=guard, flops=counter)
+            if counter is not None:  # one step is representative: count it once
+                flops_per_image, counter = counter.get_total_flops() / len(x), None
             images += global_batch
             last_loss = guard.loss
             done = step + 1
@@ -300,7 +313,8 @@ def _fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device
     run_images = images - images_before
     return FitResult(steps=total, images_seen=images, wall_time_s=wall,
                      img_per_s=run_images / max(1e-9, wall - wall_before) if run_images else 0.0,
-                     final_loss=last_loss)
+                     final_loss=last_loss, flops_per_image=flops_per_image,
+                     total_flops=None if flops_per_image is None else flops_per_image * images)
 
 
 def _prepare(method: SSLMethod, cfg: Any, device: torch.device, precision: str

@@ -11,8 +11,10 @@ import torch
 from torch import Tensor
 
 from .errors import UserError, did_you_mean
+from .registry import publish
 
 OPTIMIZERS = ("sgd", "adamw", "lars")
+publish("optimizer", lambda: OPTIMIZERS)  # config checks optim.name against these
 
 
 class LARS(torch.optim.Optimizer):

@@ -11,11 +11,29 @@ import importlib.util
 import hashlib
 import sys
 from pathlib import Path
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Iterable, TypeVar
 
 from .errors import UserError, did_you_mean
 
 T = TypeVar("T")
+
+# Closed name lists that config values must come from ("source", "optimizer", "protocol", ...),
+# published by the module that owns each list, so that ``config`` can check a recipe against
+# them without importing a higher layer. ``sslbench.recipe`` imports every owner before checking.
+_PUBLISHED: dict[str, Callable[[], Iterable[str]]] = {}
+
+
+def publish(kind: str, names: Callable[[], Iterable[str]]) -> None:
+    """Make ``names()`` the valid values of ``kind`` (read each time a value is checked)."""
+    _PUBLISHED[kind] = names
+
+
+def published(kind: str) -> tuple[str, ...]:
+    """The names published for ``kind``; an internal error when its owner was never imported."""
+    if kind not in _PUBLISHED:
+        raise RuntimeError(f"no {kind} names published: load recipes through sslbench.recipe, "
+                           f"which imports the module that owns them")
+    return tuple(_PUBLISHED[kind]())
 
 
 class Registry(Generic[T]):
@@ -27,6 +45,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._origin: dict[str, str] = {}
         self._entry_points_loaded = False
+        publish(kind, self.names)
 
     def register(self, name: str, origin: str = "built-in") -> Callable[[T], T]:
         def deco(obj: T) -> T:

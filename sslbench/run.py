@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed as D
 from .backbones import create_backbone, save_backbone
-from .config import RUNS_DIR, content_hash, load_recipe, to_dict, to_yaml
+from .config import RUNS_DIR, content_hash, to_dict, to_yaml
+from .recipe import load_recipe
 from .datasets import ImageDataset, get_split, load_splits
 from .engine import fit
 from .errors import UserError, did_you_mean
@@ -32,6 +33,7 @@ from .eval.kinds import (BASELINES, Subject, build_subject, feature_layer, kind_
                          protocols_for, record_names, skip_notes)
 from .eval.protocol import EvalContext, FrozenFeatures, Protocol, protocol_names
 from .eval.sampling import subsample_and_carve
+from .eval.scoring import eval_set_sizes, uncertainty
 from .leaderboard import write_board, write_record
 from .leaderboard.record import build_record, now_iso, record_stub
 from .ssl import DataSpec, SSLMethod, get_method
@@ -200,6 +202,9 @@ def pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool
     must be new or hold a run with the same config (:func:`bind_run_dir`); it is locked while
     training."""
     changes = bind_run_dir(cfg, run_dir)
+    info = read_run_info(run_dir)
+    if not (info.get("status") == "done" and (run_dir / "backbone.safetensors").is_file()):
+        load_splits(cfg.data)  # read (or download) the data before the run directory exists
     with run_lock(run_dir):
         return _pretrain(cfg, recipe, run_dir, changes, quiet, tracker)
 
@@ -219,7 +224,7 @@ def _pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path,
     device = resolve_device(cfg)
     D.init_from_env(device.type)
     splits = load_splits(cfg.data)
-    train = get_split(splits, cfg.data.train_split, "pretraining")
+    train = get_split(splits, cfg.data.pretrain_split or cfg.data.train_split, "pretraining")
     if cfg.train.batch_size > len(train):
         raise UserError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(train)} "
                         f"training images; lower train.batch_size")
@@ -395,6 +400,8 @@ def _measure(ev: _Evaluation, protocol: Protocol, ctx: EvalContext, fraction: fl
         ctx.log(f"{protocol.name} ({method_name}, label fraction {fraction:g}, "
                 f"eval seed {ctx.eval_seed}):")
     metrics, settings = protocol.run(ctx)
+    metrics.update(uncertainty(ctx.predictions, {n: ds.labels for n, ds in ctx.evals.items()},
+                               {n: ds.groups for n, ds in ctx.evals.items()}))
     stub = _stub(cfg, ev.recipe, kind, protocol, fraction, ev.layer, ctx.eval_seed,
                  ev.dataset_id, ev.suite)
     settings.update(stub["protocol_settings"])
@@ -407,7 +414,8 @@ def _measure(ev: _Evaluation, protocol: Protocol, ctx: EvalContext, fraction: fl
     rec = build_record(stub, backbone_family=ev.subject.family, settings=settings,
                        metrics=metrics, run_id=ev.run_dir.name if ev.run_dir else None,
                        config=to_dict(cfg), provenance=ev.provenance,
-                       pretrain=ev.subject.pretrain, wall_time_s=wall)
+                       pretrain=ev.subject.pretrain, wall_time_s=wall,
+                       eval_sets=eval_set_sizes(ctx.evals))
     write_record(Path(cfg.leaderboard.dir) / "results", rec)
     if ev.tracker is not None:
         prefix = f"eval/{method_name if kind != 'run' else 'ssl'}/{protocol.name}"
@@ -532,6 +540,9 @@ def run(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = Fa
                             f"(valid: {', '.join(BASELINES)}, timm:NAME)"
                             f"{did_you_mean(baseline, BASELINES)}")
     changes = bind_run_dir(cfg, run_dir)
+    # read (or download) the data before the run directory exists; a split that cannot be
+    # evaluated on fails now, not after pretraining
+    get_split(load_splits(cfg.data), cfg.data.train_split, "evaluation")
     with run_lock(run_dir):
         tracker = None
         if D.is_main() or not D.launched_by_torchrun():

@@ -132,8 +132,9 @@ optimiser, loss scaling...) and why.
 As generated, this is a working SimCLR-like placeholder (two augmented views, an MLP projector,
 the NT-Xent loss with negatives gathered across processes) so that the package installs, runs
 and passes ``sslbench check-method $name`` before you change anything. Replace the parts marked
-TODO with your method. The contract is documented in ``sslbench/ssl/base.py``; the package is
-registered by the ``sslbench.methods`` entry point in ``pyproject.toml``.
+TODO with your method. The contract is documented in ``sslbench/ssl/base.py``; the method is
+registered by the ``sslbench.methods`` entry point in ``pyproject.toml`` once installed, and by
+its ``@register_method`` decorator when this file is loaded directly (``--plugins FILE``).
 """
 from __future__ import annotations
 
@@ -142,10 +143,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from sslbench.ssl import SSLMethod, StepInfo
-from sslbench.ssl.augment import Normalize, simclr_view
+from sslbench.ssl import SSLMethod, StepInfo, register_method
 from sslbench.ssl.heads import mlp_head
 from sslbench.ssl.simclr import nt_xent_loss
+from sslbench.views import simclr_view, to_float
 
 __all__ = ["$cls", "method_loss"]
 
@@ -161,6 +162,7 @@ def method_loss(z1: Tensor, z2: Tensor, cfg) -> Tensor:
     return nt_xent_loss(z1.float(), z2.float(), cfg.temperature)
 
 
+@register_method("$name")  # so that `plugins: [this file]` works too, not only the entry point
 class $cls(SSLMethod):
     """TODO one line: what $name optimises."""
 
@@ -183,16 +185,16 @@ class $cls(SSLMethod):
     def __init__(self, backbone, cfg, data) -> None:
         super().__init__(backbone, cfg, data)
         # TODO your heads (predictors, momentum encoders: frozen copies with requires_grad=False)
+        # (the base class sets self.backbone and self.normalize: the dataset's mean / std)
         self.projector = mlp_head(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim,
                                   num_layers=2, batch_norm=True)
-        self.normalize = Normalize(data.mean, data.std)
         self.augment = simclr_view(data.image_size, cfg.crop_scale, cfg.color_strength,
                                    flip_p=cfg.flip_p)
 
     @torch.no_grad()
     def make_views(self, images: Tensor) -> list[Tensor]:
         """uint8 (n, 3, H, W) batch -> list of float views (TODO: your views / crops / masks)."""
-        x = images.float().div(255.0)  # never modify `images` in place
+        x = to_float(images)  # [0, 1] floats; never modify `images` in place
         return [self.normalize(self.augment(x)), self.normalize(self.augment(x))]
 
     def forward(self, views: list[Tensor], step: StepInfo) -> dict[str, Tensor]:

@@ -10,6 +10,7 @@ batch, rather than in the data loaders.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import kornia.augmentation as K
@@ -35,6 +36,39 @@ class Normalize(nn.Module):
 def to_float(x: Tensor) -> Tensor:
     """uint8 images -> [0, 1] float32 (a new tensor); float images -> float32."""
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+class ColorJitterPerImage(nn.Module):
+    """Colour jitter with torchvision's semantics drawn per image: with probability ``p`` an
+    image gets brightness, contrast, saturation and hue factors (uniform in ``[max(0, 1 - s),
+    1 + s]``, hue in ``[-h, h]`` turns) applied in its own random order, clamping to [0, 1] after
+    each step. kornia's ``ColorJitter`` draws one order per call, shared by every image of the
+    batch (and by both views when they are augmented in one call)."""
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float,
+                 p: float = 1.0) -> None:
+        super().__init__()
+        self.strengths, self.p = (brightness, contrast, saturation, hue), p
+
+    def forward(self, x: Tensor) -> Tensor:
+        import kornia.enhance as E
+
+        n, dev = x.shape[0], x.device
+        apply = torch.rand(n, device=dev) < self.p
+        factors = [torch.empty(n, device=dev).uniform_(max(0.0, 1 - s), 1 + s)
+                   for s in self.strengths[:3]]
+        factors.append(torch.empty(n, device=dev).uniform_(-self.strengths[3],
+                                                            self.strengths[3]) * 2 * math.pi)
+        order = torch.argsort(torch.rand(n, 4, device=dev), dim=1)  # a permutation per image
+        ops = (E.adjust_brightness_accumulative, E.adjust_contrast_with_mean_subtraction,
+               E.adjust_saturation_with_gray_subtraction, E.adjust_hue)
+        out = x.clone()
+        for position in range(4):
+            for j, op in enumerate(ops):
+                m = apply & (order[:, position] == j)
+                if self.strengths[j] > 0 and bool(m.any()):
+                    out[m] = op(out[m], factors[j][m]).clamp_(0.0, 1.0)
+        return out
 
 
 def simclr_view(size: int, crop_scale: Sequence[float] = (0.08, 1.0), color_strength: float = 0.5,

@@ -24,13 +24,24 @@ def _isolate(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # never the network: the HF hub (timm weights, datasets) offline, on an empty cache
+    from huggingface_hub import constants  # reads its environment at import
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     yield
 
 
 TINY = {
     "method": {"name": "simclr", "proj_hidden_dim": 64, "proj_dim": 32, "temperature": 0.2},
     "backbone": {"name": "test_resnet", "small_input": False},
-    "data": {"name": "embedded"},
+    # the embedded benchmark's earlier, smaller design: fast tests (the default holds 10,788
+    # test and 10,788 OOD images)
+    "data": {"name": "embedded", "renders_per_train_glyph": 4, "renders_per_test_glyph": 2,
+             "test_glyph_fraction": 0.25},
     "optim": {"name": "sgd", "lr": 0.1},
     "train": {"batch_size": 64, "max_steps": 6, "checkpoint_every": 3, "log_every": 2},
     "eval": {"protocols": ["linear", "knn"], "baselines": ["raw_pixels", "random_init"],

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import pytest
 import yaml
 
-from conftest import REPO, write_recipe
+from conftest import write_recipe
 from sslbench.cli import main
 
 TINY = {"train": {"max_steps": 2, "batch_size": 32, "checkpoint_every": 1},
@@ -145,6 +145,10 @@ CASES: list[tuple[str, Optional[Callable[[Path], None]], list[str], int, list[st
     ("baseline-typo", None, ["run", "tiny.yaml", "eval.baselines=[random]"], 2, ["random"]),
     ("optimizer-typo", None, ["run", "tiny.yaml", "optim.name=adam"], 2, ["adamw"]),
     ("source-typo", None, ["run", "tiny.yaml", "data.name=cifar"], 2, ["cifar10"]),
+    ("cifar-no-download", None, ["run", "tiny.yaml", "data.name=cifar10", "data.path=nowhere",
+                                 "data.download=false", "--out", "r"], 2, ["data.download=true"]),
+    ("unlabeled-for-eval", None, ["run", "tiny.yaml", "data.train_split=unlabeled"], 2,
+     ["no split 'unlabeled'"]),
     ("method-typo", None, ["run", "tiny.yaml", "method.name=simclrr"], 2, ["simclr"]),
     ("temperature-0", None, ["run", "tiny.yaml", "method.temperature=0"], 2, ["temperature"]),
     ("label-fraction-0", None, ["run", "tiny.yaml", "eval.label_fractions=[0]"], 2,

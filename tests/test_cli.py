@@ -28,7 +28,8 @@ def _err_line(capsys) -> str:
     (["method.name=simclear"], "unknown method 'simclear'"),
     (["backbone.name=resnet181"], "unknown backbone 'resnet181'"),
     (["backbone.name=test_vit", "backbone.patch_size=5"], "not divisible by the ViT patch size"),
-    (["data.name=cifar10"], "data.path is required"),
+    (["data.name=imagefolder"], "data.path is required"),
+    (["data.name=cifar10", "data.path=nowhere", "data.download=false"], "data.download=true"),
 ])
 def test_bad_input_one_line_exit_2(tiny_recipe, capsys, overrides, needle):
     code = main(["pretrain", str(tiny_recipe), *overrides, "--out", "r"])
@@ -153,3 +154,12 @@ def test_stdlib_ssl_usable_inside_the_test_run():
     assert ssl.create_default_context() is not None
     assert hasattr(datasets, "load_dataset") and sslbench.ssl.__name__ == "sslbench.ssl"
     assert not ssl.__file__.startswith(str(REPO / "sslbench"))
+
+
+@pytest.mark.parametrize("command", ["run", "pretrain"])
+def test_failed_data_load_leaves_no_run_directory_and_no_wandb_run(tiny_recipe, tmp_path,
+                                                                    command):
+    code = main([command, str(tiny_recipe), "data.name=cifar10", "data.path=nowhere",
+                 "data.download=false", "logging.wandb=true", "--out", "r"])
+    assert code == 2
+    assert not (tmp_path / "r").exists() and not (tmp_path / "wandb").exists()

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO, write_recipe
-from sslbench.config import load_recipe, parse_overrides
+from sslbench.config import parse_overrides
+from sslbench.recipe import load_recipe
 from sslbench.errors import UserError
 
 

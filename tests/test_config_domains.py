@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, write_recipe
 from sslbench.cli import main
-from sslbench.config import (RunConfig, checked, domain_problems, domain_rules, load_recipe,
-                             to_yaml)
+from sslbench.config import RunConfig, checked, domain_problems, domain_rules, to_yaml
+from sslbench.recipe import load_recipe
 from sslbench.errors import UserError
 from sslbench.ssl import METHODS, SSLMethod, get_method, list_methods, register_method
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import write_recipe
-from sslbench.config import load_recipe
+from sslbench.recipe import load_recipe
 from sslbench.engine import StepBatches, TrainingError
 from sslbench.run import pretrain
 from sslbench.schedules import cosine_momentum, cosine_with_warmup, scaled_lr

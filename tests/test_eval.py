@@ -1,12 +1,11 @@
 """Frozen-feature protocols (docs/methods.md#linear-probe, #k-nn) and their invariants."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from sslbench.eval.features import extract
 from sslbench.eval.knn import knn_predict, run_knn
-from sslbench.eval.linear import carve_validation, fit_logreg, run_linear
+from sslbench.eval.linear import TOL, carve_validation, fit_logreg, run_linear
 
 
 def test_knn_k1_is_nearest_neighbour_label():
@@ -41,7 +40,9 @@ def test_logreg_matches_sklearn_objective():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 5, generator=g, dtype=torch.float64)
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
-    w, b = fit_logreg(x, y, 3, c=0.5, max_iter=500)
+    fit = fit_logreg(x, y, 3, c=0.5, max_iter=500, tol=TOL)
+    assert fit.converged
+    w = fit.w
     sk = LogisticRegression(C=0.5, max_iter=5000, tol=1e-10).fit(x.numpy(), y.numpy())
     # multinomial weights are identifiable up to a per-feature shift across classes
     ours = w - w.mean(0, keepdim=True)

@@ -4,7 +4,6 @@ Greps the package for the duplicates that once existed; a new copy fails here.""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -52,3 +51,24 @@ def test_gone(pattern):
 def test_lr_grid_default_defined_once():
     text = (PKG / "config.py").read_text()
     assert text.count("[1e-3, 3e-3]") == 1
+
+
+def test_no_function_over_80_lines():
+    """Long functions hide more than one job; the package keeps each under 80 lines."""
+    import ast
+
+    long = []
+    for path, text in _sources().items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 80:
+                    long.append(f"{path}:{node.lineno} {node.name} ({length} lines)")
+    assert long == []
+
+
+def test_config_imports_no_name_owner():
+    """config.py checks names against lists their owners publish (registry.publish); it imports
+    none of those owners, not even late."""
+    text = (PKG / "config.py").read_text()
+    assert re.findall(r"from \.(datasets|optim|run|ssl|eval)\b", text) == []

@@ -95,7 +95,7 @@ def test_a_second_protocol_under_a_taken_name_is_refused(centroid):
 
 def test_a_protocol_registered_in_a_test_runs_end_to_end(tmp_path, centroid, capsys):
     from sslbench.cli import main
-    from sslbench.config import load_recipe
+    from sslbench.recipe import load_recipe
     from sslbench.leaderboard.record import record_path, schema_problems
     from sslbench.run import evaluate, expected_records, recipe_info
 
@@ -135,7 +135,7 @@ def test_a_protocol_registered_in_a_test_runs_end_to_end(tmp_path, centroid, cap
 
 
 def test_a_recipe_plugin_file_registers_a_protocol(tmp_path):
-    from sslbench.config import load_recipe
+    from sslbench.recipe import load_recipe
 
     plugin = tmp_path / "my_protocol.py"
     plugin.write_text(

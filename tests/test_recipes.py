@@ -2,7 +2,7 @@
 
 Recipes (every ``recipes/**/*.yaml`` outside ``recipes/suites/``):
 
-- loads through :func:`sslbench.config.load_recipe` (strict: unknown keys and wrong types fail),
+- loads through :func:`sslbench.recipe.load_recipe` (strict: unknown keys and wrong types fail),
   including the ``method:`` section against the method's own ``Config`` dataclass;
 - builds through :func:`sslbench.run.build_method`, the path ``sslbench run`` takes: the real
   backbone (``pretrained=False``, nothing downloaded) and the method's construction-time checks
@@ -13,7 +13,7 @@ Recipes (every ``recipes/**/*.yaml`` outside ``recipes/suites/``):
 - the published-hyperparameter recipes (``recipes/cifar10``, ``recipes/imagenet100``) follow
   their naming and header conventions (``<method>_<backbone>.yaml``, an ``Expected:`` line).
 
-Suites (``recipes/suites/*.yaml``): parse through :func:`sslbench.benchmark.load_suite`, every
+Suites (``recipes/suites/*.yaml``): parse through :func:`sslbench.suite.load_suite`, every
 cell's recipe file exists (paths are relative to the repository root, where ``sslbench
 benchmark`` runs), cells with overrides still load, and the suites of the published-recipe
 folders list every recipe of their folder.
@@ -33,8 +33,8 @@ import torch
 from omegaconf import OmegaConf
 
 import sslbench.run as run_mod
-from sslbench.benchmark import load_suite
-from sslbench.config import load_recipe
+from sslbench.suite import load_suite
+from sslbench.recipe import load_recipe
 from sslbench.datasets import SOURCES
 from sslbench.optim import OPTIMIZERS
 from sslbench.schedules import scaled_lr
@@ -171,3 +171,15 @@ def test_suite_is_valid(path: Path):
         listed = {(REPO / c.recipe).resolve() for c in cells}
         missing = [p.name for p in sorted(folder.glob("*.yaml")) if p.resolve() not in listed]
         assert not missing, f"{path.name} does not list {missing}"
+
+
+def test_embedded_suite_is_compute_fair():
+    """Every cell of the embedded suite on one backbone pretrains on the same number of images
+    (batch x steps); a method that needs more is a separately named recipe outside the suite."""
+    _, cells = load_suite(SUITE_DIR / "embedded.yaml")
+    seen: dict[str, set[int]] = {}
+    for cell in {c.recipe: c for c in cells}.values():
+        cfg = load_recipe(REPO / cell.recipe, list(cell.overrides))
+        assert cfg.train.max_steps, f"{cell.recipe}: the suite budget is set in steps"
+        seen.setdefault(cfg.backbone.name, set()).add(cfg.train.batch_size * cfg.train.max_steps)
+    assert seen and all(len(images) == 1 for images in seen.values()), seen

@@ -19,7 +19,7 @@ import torch
 
 from conftest import write_recipe
 from sslbench.checkpoint import load_checkpoint, save_checkpoint
-from sslbench.config import load_recipe
+from sslbench.recipe import load_recipe
 from sslbench.engine import Preempted, TrainingError, _sigterm_flag, fit
 from sslbench.errors import UserError
 

@@ -46,7 +46,7 @@ def test_scaffold_files_and_pyproject(tmp_path):
 @pytest.mark.slow
 def test_scaffolded_method_conforms_as_generated(tmp_path):
     from sslbench.conformance import assert_conforms
-    from sslbench.config import load_recipe
+    from sslbench.recipe import load_recipe
     from sslbench.ssl import METHODS
 
     name = "scaffold_probe"
@@ -115,3 +115,24 @@ def test_cli_prints_next_steps(tmp_path, capsys):
     assert main(["new-method", "printed_method", "--dir", str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
     assert "pip install -e" in out and "sslbench check-method printed_method" in out
+
+
+def test_scaffolded_file_registers_when_loaded_as_a_plugin_file(tmp_path):
+    """``--plugins path/__init__.py`` (no install, no entry point) finds the method."""
+    from sslbench.registry import load_plugin_file
+    from sslbench.ssl import METHODS, get_method
+
+    root = scaffold("plugin_file_probe", tmp_path / "pkg")
+    try:
+        load_plugin_file(root / "sslbench_plugin_file_probe" / "__init__.py")
+        assert get_method("plugin_file_probe").__name__ == "PluginFileProbe"
+    finally:
+        METHODS.unregister("plugin_file_probe")
+
+
+def test_version(capsys):
+    from sslbench import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"sslbench {__version__}"

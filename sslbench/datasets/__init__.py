@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import UserError
 from .base import ImageDataset, SubsetImageDataset, TensorImageDataset, resize_uint8
-from .sources import SOURCES, load_source
+from .sources import SOURCES, load_configured
 
 
 _LAST: tuple[str, dict[str, ImageDataset]] | None = None
@@ -37,17 +37,13 @@ def _load_splits(cfg: Any) -> dict[str, ImageDataset]:
     if cfg.name == "embedded":
         from .embedded import build_embedded
 
-        return dict(build_embedded(cfg.image_size, cfg.renders_per_train_glyph,
-                                   cfg.renders_per_test_glyph))
+        return dict(build_embedded(cfg))
     if cfg.name not in SOURCES:
         from ..errors import did_you_mean
 
         raise UserError(f"unknown dataset source data.name='{cfg.name}'"
                         f"{did_you_mean(cfg.name, SOURCES)}")
-    if not cfg.path:
-        raise UserError(f"data.path is required for data.name='{cfg.name}' "
-                        f"(a local directory/file or HF hub name)")
-    return load_source(cfg.name, cfg.path, cfg.image_size, cfg.image_key, cfg.label_key)
+    return load_configured(cfg)  # data.path (or its default), downloading when data.download
 
 
 def get_split(splits: dict[str, ImageDataset], name: str, what: str) -> ImageDataset:
@@ -56,6 +52,10 @@ def get_split(splits: dict[str, ImageDataset], name: str, what: str) -> ImageDat
 
         raise UserError(f"dataset has no split '{name}' for {what}"
                         f"{did_you_mean(name, splits)}")
+    if what != "pretraining" and getattr(splits[name], "pretrain_only", False):
+        raise UserError(f"split '{name}' has no labels (pretraining only) and cannot be used for "
+                        f"{what}; set data.train_split=train (and data.test_split=test) and "
+                        f"pretrain on it with data.pretrain_split={name}")
     return splits[name]
 
 

@@ -9,9 +9,10 @@ rendered into a 32×32 RGB image with nuisances that defeat raw pixels but that 
 - polarity: dark-on-light or light-on-dark at random, random grey levels, mild colour tint;
 - Gaussian pixel noise σ = 0.05.
 
-Splits are by glyph (stratified 75/25, seed 0), so no test glyph is ever seen in training:
-``train`` (4 renders per train glyph), ``test`` (2 renders per test glyph) and ``ood`` (2 renders
-per test glyph with shifted nuisances: rotation ±20° instead of ±10°, a strong colour tint
+Splits are by glyph (stratified, ``data.test_glyph_fraction`` held out, seed 0), so no test
+glyph is ever seen in training; the number of renders per glyph is ``data.renders_per_*_glyph``:
+``train`` (898 glyphs x 6 renders by default), ``test`` (899 glyphs x 12) and ``ood`` (the test
+glyphs x 12 with shifted nuisances: rotation ±20° instead of ±10°, a strong colour tint
 (±50% per channel instead of ±15%) and noise σ = 0.08 instead of 0.05), sized for LP-FT-style
 experiments (docs/methods.md#ood-evaluation). ``groups`` holds the glyph id of every render so
 validation splits can be carved by glyph too.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -85,10 +87,17 @@ def render(glyphs: Tensor, nuisance: Nuisance, g: torch.Generator, size: int = 3
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def build_embedded(cfg: Any, seed: int = 0) -> dict[str, TensorImageDataset]:
+    """The benchmark's splits for a ``DataConfig`` (its ``image_size``,
+    ``renders_per_train_glyph``, ``renders_per_test_glyph``, ``test_glyph_fraction``), deterministic
+    for a given seed; cached."""
+    return _build(int(cfg.image_size), int(cfg.renders_per_train_glyph),
+                  int(cfg.renders_per_test_glyph), float(cfg.test_glyph_fraction), seed)
+
+
 @functools.lru_cache(maxsize=4)
-def build_embedded(image_size: int = 32, renders_per_train_glyph: int = 4,
-                   renders_per_test_glyph: int = 2, seed: int = 0) -> dict[str, TensorImageDataset]:
-    """Build the benchmark's splits (deterministic for a given seed and arguments)."""
+def _build(image_size: int, renders_per_train_glyph: int, renders_per_test_glyph: int,
+           test_fraction: float, seed: int) -> dict[str, TensorImageDataset]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -96,7 +105,7 @@ def build_embedded(image_size: int = 32, renders_per_train_glyph: int = 4,
     glyphs = torch.from_numpy(digits.images).float() / 16.0  # (1797, 8, 8)
     labels = torch.from_numpy(digits.target).long()
     ids = torch.arange(len(labels))
-    train_ids, test_ids = train_test_split(ids.numpy(), test_size=0.25, random_state=seed,
+    train_ids, test_ids = train_test_split(ids.numpy(), test_size=test_fraction, random_state=seed,
                                            stratify=labels.numpy())
     train_ids, test_ids = torch.from_numpy(train_ids), torch.from_numpy(test_ids)
     g = torch.Generator().manual_seed(seed)

@@ -29,11 +29,14 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..registry import publish
 from .base import ImageDataset, TensorImageDataset, resize_uint8
+from .sources import load_source, path_sources
+from .stl10 import STL10_CLASSES, read_stl10_split, stl10_folder
 
 OOD_KINDS = ("stl10", "cifar10_1", "cifar10_c")
-STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship",
-                 "truck"]
+# config checks eval.ood_sets[].kind against these (stl10 is also a source: named once)
+publish("ood_kind", lambda: tuple(dict.fromkeys((*OOD_KINDS, *path_sources()))))
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck"]
 DEFAULT_ALIASES = {"car": "automobile"}  # STL-10 -> CIFAR-10
@@ -46,21 +49,10 @@ def _images(nhwc: np.ndarray, image_size: int) -> torch.Tensor:
 
 
 def load_stl10(path: str, image_size: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    root = Path(path)
-    folder = root / "stl10_binary" if (root / "stl10_binary").is_dir() else root
-    xf, yf = folder / "test_X.bin", folder / "test_y.bin"
-    if not (xf.is_file() and yf.is_file()):
-        raise UserError(f"STL-10 test data not found under {path}: expected stl10_binary/"
-                        f"test_X.bin and test_y.bin (torchvision format)")
-    raw = np.fromfile(xf, dtype=np.uint8)
-    if raw.size % (3 * 96 * 96):
-        raise UserError(f"{xf} is not a whole number of 3x96x96 images; re-extract STL-10")
-    # stored channel-major and column-major per image (torchvision's reader transposes too)
-    x = raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1)  # (N, H, W, C)
-    y = np.fromfile(yf, dtype=np.uint8).astype(np.int64) - 1  # labels 1..10 on disk
-    if len(y) != len(x):
-        raise UserError(f"STL-10: {len(x)} images but {len(y)} labels in {folder}")
-    return _images(x, image_size), y, list(STL10_CLASSES)
+    """STL-10's test split (``stl10_binary/test_X.bin`` + ``test_y.bin``, read by
+    :mod:`.stl10`), its labels and class names."""
+    images, labels = read_stl10_split(stl10_folder(path), "test", image_size)
+    return images, labels, list(STL10_CLASSES)
 
 
 def load_cifar10_1(path: str, image_size: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
@@ -150,7 +142,6 @@ def load_ood_sets(data_cfg: Any, train_classes: list[str], quiet: bool = False
             x, y, classes = load_cifar10_c(path, data_cfg.image_size, list(entry.corruptions),
                                            entry.severity)
         else:
-            from .sources import load_source, path_sources
 
             if kind not in path_sources():
                 from ..errors import did_you_mean
@@ -163,6 +154,9 @@ def load_ood_sets(data_cfg: Any, train_classes: list[str], quiet: bool = False
                 raise UserError(f"OOD set '{name}' has no split '{split}' (has: "
                                 f"{', '.join(splits)}); set its split")
             ds = splits[split]
+            if getattr(ds, "pretrain_only", False):
+                raise UserError(f"OOD set '{name}': split '{split}' has no labels (pretraining "
+                                f"only); set its split to a labelled one such as test")
             x, labels = ds.get_batch(range(len(ds)))
             y, classes = labels.numpy(), list(ds.classes)
         images, labels, kept = relabel(x, y, classes, train_classes, dict(entry.class_map or {}))

@@ -55,6 +55,7 @@ from ..schedules import cosine_with_warmup
 from ..utils import seed_everything
 from ..views import Normalize, to_float
 from .protocol import EvalContext, Log, Result, register_protocol
+from .scoring import score
 
 
 # -- model ---------------------------------------------------------------------------------------
@@ -208,7 +209,8 @@ def run_finetune(backbone: Backbone, num_classes: int, train: ImageDataset, fit_
                  val_idx: Tensor, evals: dict[str, ImageDataset], normalize: Normalize, cfg: Any,
                  seed: int, device: torch.device, eval_batch_size: int,
                  head_init: Optional[tuple[Tensor, Tensor]] = None, bn_eval: bool = False,
-                 log: Log = None) -> tuple[dict[str, float], dict]:
+                 log: Log = None, predictions: Optional[dict[str, Tensor]] = None
+                 ) -> tuple[dict[str, float], dict]:
     """Fine-tune a copy of ``backbone`` per lr in ``cfg.lr_grid`` on ``train[fit_idx]``, choose
     the lr on ``train[val_idx]``, report ``evals`` ("test" -> ``acc``, others -> ``<name>_acc``)."""
     family = family_of(backbone.model)
@@ -258,7 +260,7 @@ def run_finetune(backbone: Backbone, num_classes: int, train: ImageDataset, fit_
     metrics = {"val_acc": val_acc[best]}
     for name, ds in evals.items():
         logits, y = predict(best_model, ds, normalize, device, eval_batch_size)
-        metrics["acc" if name == "test" else f"{name}_acc"] = _acc(logits, y)
+        score(metrics, name, logits.argmax(1), y, predictions)
     tail = best_losses[-10:]
     settings = _settings(cfg, layer_decay, head_init is not None, bn_eval)
     settings.update({
@@ -303,7 +305,7 @@ def finetune(ctx: EvalContext) -> Result:
     metrics, settings = run_finetune(ctx.backbone, ctx.num_classes, ctx.train, ctx.fit_idx,
                                      ctx.val_idx, ctx.evals, ctx.normalize, cfg,
                                      int(ctx.eval_seed), ctx.device, ctx.cfg.eval.batch_size,
-                                     log=ctx.log)
+                                     log=ctx.log, predictions=ctx.predictions)
     settings["val_split"] = ctx.val_split
     return metrics, settings
 

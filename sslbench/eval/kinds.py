@@ -8,7 +8,7 @@ run             method.name / backbone.name  the run directory's ``backbone.safe
 random_init     random_init / backbone.name  ``backbone``, initialised from ``train.seed``
 supervised      supervised / backbone.name   as random_init, fine-tuned with ``eval.supervised``
 raw_pixels      raw_pixels / pixels          none: the normalised pixels are the features
-timm:NAME       timm:NAME / NAME             timm ``NAME`` with ``backbone.checkpoint``'s weights
+timm:NAME       timm:NAME / NAME             timm ``NAME``: timm's weights, or the checkpoint's
 ==============  ===========================  ===================================================
 """
 from __future__ import annotations
@@ -84,17 +84,90 @@ def _pixels(cfg: DictConfig, kind: str, run_dir: Optional[Path], pretrain_info: 
 
 def _timm(cfg: DictConfig, kind: str, run_dir: Optional[Path], pretrain_info: Optional[dict]
           ) -> Subject:
+    """``timm:NAME``: timm's ``NAME`` (a tag such as ``resnet18.tv_in1k`` picks the weights)
+    with timm's own pretrained weights, read from the local Hugging Face cache and downloaded
+    when online; ``backbone.checkpoint=PATH`` overrides them with local weights."""
     name = kind.split(":", 1)[1]
-    if not cfg.backbone.checkpoint:
-        raise UserError(f"--backbone {kind} needs local weights (nothing is downloaded): "
-                        f"pass backbone.checkpoint=PATH to a .safetensors / .pt state dict "
-                        f"of timm's '{name}'")
     bcfg = copy.deepcopy(cfg.backbone)
     bcfg.name = name
-    backbone = create_backbone(bcfg, cfg.data.image_size)  # loads backbone.checkpoint
-    weights = Path(cfg.backbone.checkpoint)
-    return Subject(kind, backbone,
-                   pretrain={"checkpoint": weights.name, "checkpoint_sha256": file_hash(weights)})
+    backbone = create_backbone(bcfg, cfg.data.image_size)  # loads backbone.checkpoint if set
+    if cfg.backbone.checkpoint:
+        weights = Path(cfg.backbone.checkpoint)
+        return Subject(kind, backbone, pretrain={"checkpoint": weights.name,
+                                                 "checkpoint_sha256": file_hash(weights)})
+    return Subject(kind, backbone, pretrain=_load_timm_pretrained(kind, backbone))
+
+
+def _timm_weights_source(kind: str, name: str) -> str:
+    """Where timm reads ``name``'s pretrained weights (``hf-hub:ID`` or a URL); UserError when
+    timm has none, or when they can only come from a URL, offline, and are not cached."""
+    import os
+
+    import torch
+    from huggingface_hub import constants
+    from timm.models import get_pretrained_cfg
+
+    fix = f"pass backbone.checkpoint=PATH to a .safetensors / .pt state dict of timm's '{name}'"
+    pcfg = get_pretrained_cfg(name)
+    if pcfg is None or not (pcfg.hf_hub_id or pcfg.url):
+        raise UserError(f"--backbone {kind}: timm has no pretrained weights for '{name}'; {fix}")
+    if pcfg.hf_hub_id:
+        return f"hf-hub:{pcfg.hf_hub_id}"
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(pcfg.url)
+    if constants.HF_HUB_OFFLINE and not cached.is_file():  # torch.hub ignores HF_HUB_OFFLINE
+        raise UserError(f"--backbone {kind}: timm's pretrained weights ({pcfg.url}) are not "
+                        f"cached and HF_HUB_OFFLINE is set; connect once to download them, or "
+                        f"{fix}")
+    return pcfg.url
+
+
+def _timm_cached_sha(source: str) -> Optional[str]:
+    """The hash of the cached Hub weights file ``source`` was read from (None if unknown)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not source.startswith("hf-hub:"):
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(source.split(":", 1)[1], filename)
+        if isinstance(path, str) and Path(path).is_file():
+            return file_hash(path)
+    return None
+
+
+def _load_timm_pretrained(kind: str, backbone: Backbone) -> dict[str, Any]:
+    """Load timm's pretrained weights for ``backbone`` (built by :func:`create_backbone`, so
+    with sslbench's 32 px variants) through ``timm.create_model(pretrained=True)``; returns the
+    records' ``pretrain`` field. One-line UserError when the weights cannot be had or fit."""
+    from urllib.error import URLError
+
+    import timm
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
+    from torch import nn
+
+    name = backbone.name
+    fix = f"pass backbone.checkpoint=PATH to a .safetensors / .pt state dict of timm's '{name}'"
+    if backbone.family == "resnet" and backbone.small_input \
+            and not isinstance(backbone.model.conv1, nn.Sequential):
+        raise UserError(f"--backbone {kind}: timm's pretrained '{name}' has a 7x7 stride-2 stem "
+                        f"that the 32 px stem of backbone.small_input=true cannot use; evaluate "
+                        f"it as published with backbone.small_input=false, or {fix}")
+    source = _timm_weights_source(kind, name)
+    try:
+        model = timm.create_model(name, pretrained=True, **backbone.timm_kwargs)
+    except (LocalEntryNotFoundError, URLError) as e:
+        raise UserError(f"--backbone {kind}: timm's pretrained weights ({source}) are not in the "
+                        f"local cache and could not be downloaded ({type(e).__name__}: offline?);"
+                        f" connect once to download them (they stay cached), or {fix}") from None
+    except HfHubHTTPError as e:
+        raise UserError(f"--backbone {kind}: downloading timm's pretrained weights ({source}) "
+                        f"failed ({' '.join(str(e).split())[:200]}); {fix}") from None
+    try:
+        backbone.model.load_state_dict(model.state_dict())
+    except RuntimeError as e:
+        raise UserError(f"--backbone {kind}: timm's pretrained weights do not fit the backbone "
+                        f"sslbench builds ({' '.join(str(e).split())[:200]}); {fix}") from None
+    return {"weights": source, "weights_sha256": _timm_cached_sha(source),
+            "timm": timm.__version__}
 
 
 KINDS: dict[str, Kind] = {

@@ -7,11 +7,14 @@ recorded with every result because numbers are not comparable across (k, T).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .protocol import EvalContext, Result, register_protocol
+from .scoring import score
 
 
 @torch.no_grad()
@@ -32,15 +35,17 @@ def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, k: int, temper
 
 
 def run_knn(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, k: int,
-            temperature: float) -> tuple[dict[str, float], dict]:
-    """k-NN accuracy of every non-train split in ``feats`` (train = the memory bank)."""
+            temperature: float, predictions: Optional[dict[str, Tensor]] = None
+            ) -> tuple[dict[str, float], dict]:
+    """k-NN accuracy of every non-train split in ``feats`` (train = the memory bank); the
+    predictions go to ``predictions`` when given (:mod:`sslbench.eval.scoring`)."""
     train_x, train_y = feats["train"]
     metrics = {}
     for split, (x, y) in feats.items():
         if split in ("train", "val"):
             continue
         pred = knn_predict(train_x, train_y, x, k, temperature, num_classes)
-        metrics["acc" if split == "test" else f"{split}_acc"] = float((pred == y).float().mean())
+        score(metrics, split, pred, y, predictions)
     return metrics, {"k": k, "temperature": temperature, "metric": "cosine",
                      "weighting": "exp(s/T)"}
 
@@ -49,4 +54,4 @@ def run_knn(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, k: int,
 def knn(ctx: EvalContext) -> Result:
     """k-NN with the whole labelled subset as memory bank: nothing is chosen on validation."""
     return run_knn(ctx.features(validation=False), ctx.num_classes, ctx.cfg.eval.knn.k,
-                   ctx.cfg.eval.knn.temperature)
+                   ctx.cfg.eval.knn.temperature, ctx.predictions)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..schedules import cosine_with_warmup
 from .protocol import EvalContext, Result, register_protocol
+from .scoring import score
 
 
 def bn_linear_head(dim: int, num_classes: int, generator: torch.Generator) -> nn.Sequential:
@@ -76,7 +77,8 @@ def _accuracy(head: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def run_linear_sgd(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, cfg: Any,
-                   seed: int = 0, device: Optional[torch.device] = None
+                   seed: int = 0, device: Optional[torch.device] = None,
+                   predictions: Optional[dict[str, Tensor]] = None
                    ) -> tuple[dict[str, float], dict]:
     """Choose lr on ``feats["val"]`` (refit on train + val if asked), report every other split.
 
@@ -102,7 +104,8 @@ def run_linear_sgd(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, cf
     for split, (x, y) in f.items():
         if split in ("train", "val"):
             continue
-        metrics["acc" if split == "test" else f"{split}_acc"] = _accuracy(head, x, y)
+        head.eval()
+        score(metrics, split, head(x).argmax(1), y, predictions)
     settings = {
         "solver": "sgd+bn", "head": "BatchNorm1d(affine=False, eps=1e-6) -> Linear",
         "augmentation": "none (cached frozen features)", "optimizer": "sgd",
@@ -119,6 +122,6 @@ def run_linear_sgd(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, cf
 def linear_sgd(ctx: EvalContext) -> Result:
     """The BN + linear SGD probe on the fit split's frozen features, lr chosen on validation."""
     metrics, settings = run_linear_sgd(ctx.features(), ctx.num_classes, ctx.cfg.eval.linear_sgd,
-                                       int(ctx.eval_seed), ctx.device)
+                                       int(ctx.eval_seed), ctx.device, ctx.predictions)
     settings["val_split"] = ctx.val_split
     return metrics, settings

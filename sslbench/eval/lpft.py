@@ -9,7 +9,7 @@ in ``eval()`` mode while fine-tuning.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -20,13 +20,14 @@ from ..views import Normalize
 from .finetune import run_finetune
 from .linear import run_linear
 from .protocol import EvalContext, Log, Result, register_protocol
+from .scoring import score
 
 
 def run_lpft(backbone: Backbone, num_classes: int, train: ImageDataset, fit_idx: Tensor,
              val_idx: Tensor, evals: dict[str, ImageDataset], normalize: Normalize,
              feats: dict[str, tuple[Tensor, Tensor]], linear_cfg: Any, cfg: Any, seed: int,
-             device: torch.device, eval_batch_size: int,
-             log: Log = None) -> tuple[dict[str, float], dict]:
+             device: torch.device, eval_batch_size: int, log: Log = None,
+             predictions: Optional[dict[str, Tensor]] = None) -> tuple[dict[str, float], dict]:
     """LP (L-BFGS on ``feats``: "train" = fit split features, "val", test/ood) then FT from the
     un-standardised LP head with ``cfg`` = ``EvalConfig.lpft``."""
     _, lp_settings, head = run_linear(feats, num_classes, linear_cfg.c_grid,
@@ -39,14 +40,14 @@ def run_lpft(backbone: Backbone, num_classes: int, train: ImageDataset, fit_idx:
         if split == "train":
             continue
         logits = (x.to(head[0]) @ head[0].T + head[1]).cpu()
-        lp_metrics["acc" if split == "test" else f"{split}_acc"] = float(
-            (logits.argmax(1) == y.cpu()).float().mean())
+        score(lp_metrics, split, logits.argmax(1), y)
     if log:
         log(f"  LP: C={lp_settings['chosen_C']:g} val_acc {lp_metrics['val_acc']:.4f} "
             f"acc {lp_metrics.get('acc', float('nan')):.4f}")
     metrics, settings = run_finetune(backbone, num_classes, train, fit_idx, val_idx, evals,
                                      normalize, cfg, seed, device, eval_batch_size,
-                                     head_init=head, bn_eval=bool(cfg.bn_eval), log=log)
+                                     head_init=head, bn_eval=bool(cfg.bn_eval), log=log,
+                                     predictions=predictions)
     settings["lp"] = {"solver": "lbfgs", "c_grid": lp_settings["c_grid"],
                       "max_iter": lp_settings["max_iter"], "refit_on_train_and_val": False,
                       "standardise": "per-dimension, folded into the head (W/σ, b − W·μ/σ)"}
@@ -62,6 +63,7 @@ def lpft(ctx: EvalContext) -> Result:
     metrics, settings = run_lpft(ctx.backbone, ctx.num_classes, ctx.train, ctx.fit_idx,
                                  ctx.val_idx, ctx.evals, ctx.normalize, ctx.features(),
                                  ctx.cfg.eval.linear, ctx.cfg.eval.lpft, int(ctx.eval_seed),
-                                 ctx.device, ctx.cfg.eval.batch_size, log=ctx.log)
+                                 ctx.device, ctx.cfg.eval.batch_size, log=ctx.log,
+                                 predictions=ctx.predictions)
     settings["val_split"] = ctx.val_split
     return metrics, settings

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -25,7 +25,7 @@ from torch import Tensor
 from ..backbones import Backbone
 from ..datasets import ImageDataset
 from ..errors import UserError
-from ..registry import Registry
+from ..registry import Registry, publish
 
 Result = tuple[dict[str, float], dict[str, Any]]  # (metrics, protocol settings)
 Log = Optional[Callable[[str], None]]
@@ -59,6 +59,9 @@ class EvalContext:
     eval_seed: int
     frozen: Optional[FrozenFeatures] = None
     log: Log = None
+    # evaluation set -> predicted labels, filled by the protocol (sslbench.eval.scoring.score):
+    # the record then carries each accuracy's bootstrap standard error (<metric>_se)
+    predictions: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -143,3 +146,6 @@ def protocol_names() -> tuple[str, ...]:
     """Every registered protocol, in ``order`` (then by name)."""
     _load_builtins()
     return tuple(sorted(PROTOCOLS.names(), key=lambda n: (PROTOCOLS.get(n).order, n)))
+
+
+publish("protocol", protocol_names)  # config checks eval.protocols against these

@@ -1,10 +1,17 @@
-"""Aggregation and ranking: result records grouped into board rows, mean ± 95% CI over seeds.
+"""Aggregation and ranking: result records grouped into board rows, mean ± 95% CI over seeds,
+and paired differences between rows.
 
 Every renderer (Markdown, HTML, JSON, CSV, the W&B table) and ``leaderboard compare`` work on
 what this module computes: one row per group of records (:func:`aggregate`), one record per
 (seed, eval seed) pair (:func:`dedupe_seeds`), the 95% Student-t interval of the mean
-(:func:`ci95_halfwidth`), the best row and the rows tied with it (:func:`best_and_ties`,
-:func:`mark_ties`), sort keys and the canonical text of protocol settings.
+(:func:`ci95_halfwidth`), paired differences over shared (seed, eval seed) pairs
+(:func:`paired_difference`) to the random-init baseline and to the best row of a column
+(:func:`best_comparisons`, :func:`mark_ties`), the minimal detectable difference (:func:`mdd`,
+:func:`seeds_for`), sort keys and the canonical text of protocol settings.
+
+Pairing is sound because, for a given seed, every method on a backbone starts from the same
+backbone initialisation, sees the same images in the same order and is evaluated on the same
+validation carve-out; the random-init baseline of that seed is that same initialisation.
 """
 from __future__ import annotations
 
@@ -19,6 +26,14 @@ from ..identity import BASELINES, label_fraction as _fraction_of
 from .store import load_records
 
 _PROTOCOL_ORDER = ("linear", "knn")
+# the baseline every other row is paired with (one of identity.BASELINES), and the rows that
+# get no such partner: the reference itself and the pixels, which have no initialisation
+RANDOM_INIT = "random_init"
+_NO_RANDOM_PARTNER = (RANDOM_INIT, "raw_pixels")
+# the difference (a fraction: 5 points of accuracy) that ``seeds_for_delta`` is sized for
+CLAIM_DELTA = 0.05
+PRIMARY_METRIC = "acc"  # top-1: what the boards rank and mark ties on
+SE_SUFFIX = "_se"  # <metric>_se: the bootstrap standard error of <metric> over its test set
 
 
 # --------------------------------------------------------------------------- keys
@@ -92,15 +107,85 @@ def interval(summary: dict[str, Any]) -> tuple[float, float]:
     return summary["mean"] - half, summary["mean"] + half
 
 
-def best_and_ties(summaries: dict[Any, dict[str, Any]]) -> tuple[Any, list[Any]]:
-    """The key with the highest mean (first key on equal means) and the keys whose 95% CI
-    overlaps the best one's: a ranking among those is not supported by the seeds."""
-    keys = list(summaries)
-    best = max(keys, key=lambda k: (summaries[k]["mean"], -keys.index(k)))
-    b_lo, b_hi = interval(summaries[best])
-    ties = [k for k in keys if k != best
-            and interval(summaries[k])[0] <= b_hi and b_lo <= interval(summaries[k])[1]]
-    return best, ties
+def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether the 95% CIs of two metric summaries overlap (the unpaired tie rule)."""
+    a_lo, a_hi = interval(a)
+    b_lo, b_hi = interval(b)
+    return a_lo <= b_hi and b_lo <= a_hi
+
+
+def _t(q: float, df: int) -> float:
+    """The ``q`` quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy import stats
+
+    return float(stats.t.ppf(q, df))
+
+
+def _verdict(lo: float, hi: float) -> str:
+    """``beats`` when a difference's interval lies above 0, ``below`` under it, else ``tie``."""
+    return "beats" if lo > 0 else "below" if hi < 0 else "tie"
+
+
+def paired_difference(a: list[list[Any]], b: list[list[Any]]) -> dict[str, Any]:
+    """A − B over the (seed, eval seed) pairs both sides have.
+
+    Args:
+        a, b: ``[seed, eval_seed, value]`` triples (a row's ``per_seed`` of one metric).
+
+    Returns:
+        ``n`` (shared pairs), ``mean`` of the differences (None when n = 0), ``sd`` (sample
+        standard deviation, ddof=1), ``ci95`` (Student-t half-width
+        ``t_{0.975,n-1} * sd / sqrt(n)``), ``lo``/``hi`` (mean ∓ ci95) and ``verdict``
+        (:func:`_verdict`); sd, ci95, lo and hi are None and the verdict is ``n/a`` when n < 2.
+    """
+    other = {canonical(p[:2]): p[2] for p in b}
+    diffs = [v - other[canonical([s, e])] for s, e, v in a if canonical([s, e]) in other]
+    n = len(diffs)
+    out: dict[str, Any] = {"n": n, "mean": sum(diffs) / n if n else None, "sd": None,
+                           "ci95": None, "lo": None, "hi": None, "verdict": "n/a"}
+    if n >= 2:
+        half = ci95_halfwidth(diffs)
+        out.update(sd=_std(diffs), ci95=half, lo=out["mean"] - half, hi=out["mean"] + half)
+        out["verdict"] = _verdict(out["lo"], out["hi"])
+    return out
+
+
+def _power_factor(n: int) -> float:
+    """``t_{0.975,n-1} + t_{0.80,n-1}``: two-sided α = 0.05 at power 0.8 with n pairs."""
+    return _t(0.975, n - 1) + _t(0.80, n - 1)
+
+
+def mdd(sd: float, n: int) -> float | None:
+    """Minimal detectable difference of a paired comparison with ``n`` pairs whose differences
+    have sample standard deviation ``sd`` (two-sided α = 0.05, power 0.8)::
+
+        MDD = (t_{0.975,n-1} + t_{0.80,n-1}) * sd / sqrt(n)
+
+    None when n < 2 (no degrees of freedom).
+    """
+    return None if n < 2 else _power_factor(n) * sd / math.sqrt(n)
+
+
+def seeds_for(delta: float, sd: float) -> int:
+    """The smallest number of pairs n >= 2 with
+    ``(t_{0.975,n-1} + t_{0.80,n-1}) * sd / sqrt(n) <= delta``: how many seeds a paired claim
+    of a difference ``delta`` needs at the spread ``sd`` seen so far (:func:`mdd` <= delta).
+
+    The search starts at the normal-quantile bound ``((z_{0.975} + z_{0.80}) * sd / delta)²``,
+    below which no n qualifies (t quantiles exceed normal ones), and counts up.
+
+    Raises:
+        ValueError: ``delta`` is not positive.
+    """
+    if not delta > 0:
+        raise ValueError(f"delta must be positive, got {delta}")
+    from scipy import stats
+
+    z = float(stats.norm.ppf(0.975) + stats.norm.ppf(0.80))
+    n = max(2, math.floor((z * sd / delta) ** 2))
+    while _power_factor(n) * sd / math.sqrt(n) > delta:
+        n += 1
+    return n
 
 
 def _std(values: list[float]) -> float:
@@ -138,6 +223,56 @@ def dedupe_seeds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                   key=lambda r: (sortable(r["seed"]), sortable(r["eval_seed"])))
 
 
+def is_se_metric(name: str) -> bool:
+    """Whether ``name`` is a standard error (``acc_se``, ``ood_acc_se``: a bootstrap over an
+    evaluation set's groups, :mod:`sslbench.eval.scoring`) rather than an accuracy: rows keep it
+    out of ``metrics`` (no column, ranking, pairing or tie mark) and report its mean in
+    ``mean_se``."""
+    return name.endswith(SE_SUFFIX)
+
+
+def _per_seed(records: list[dict[str, Any]]) -> dict[str, list[list[Any]]]:
+    """Metric -> ``[seed, eval_seed, value]`` per record (finite values only, standard errors
+    excepted): what paired differences pair on."""
+    out: dict[str, list[list[Any]]] = defaultdict(list)
+    for rec in records:
+        for name, value in rec["metrics"].items():
+            if finite(value) is not None and not is_se_metric(name):
+                out[name].append([rec["seed"], rec["eval_seed"], float(value)])
+    return dict(sorted(out.items()))
+
+
+def _mean(values: list[float]) -> float | None:
+    """The mean of ``values``, None when there are none."""
+    return sum(values) / len(values) if values else None
+
+
+def _pretrain_mean(records: list[dict[str, Any]], key: str) -> float | None:
+    """The mean of ``pretrain[key]`` over the records with a finite one (baselines have no
+    ``pretrain``, legacy records no FLOPs), None when none has it."""
+    return _mean([v for r in records if isinstance(r.get("pretrain"), dict)
+                  and (v := finite(r["pretrain"].get(key))) is not None])
+
+
+def _mean_se(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy metric -> its mean standard error over the records that have a finite one
+    (``acc`` from ``acc_se``, ``ood_acc`` from ``ood_acc_se``)."""
+    by_metric: dict[str, list[float]] = defaultdict(list)
+    for rec in records:
+        for name, value in rec["metrics"].items():
+            if is_se_metric(name) and finite(value) is not None:
+                by_metric[name[:-len(SE_SUFFIX)]].append(float(value))
+    return {m: sum(v) / len(v) for m, v in sorted(by_metric.items())}
+
+
+def _eval_sets(records: list[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """The distinct ``eval_sets`` mappings (evaluation set -> images, groups) of the records,
+    in canonical order; empty when no record has one (legacy records)."""
+    found = {canonical(r["eval_sets"]): r["eval_sets"] for r in records
+             if isinstance(r.get("eval_sets"), dict) and r["eval_sets"]}
+    return [found[k] for k in sorted(found)]
+
+
 def _row(records: list[dict[str, Any]]) -> dict[str, Any]:
     first = records[0]
     recipe = first.get("recipe") or {}
@@ -145,16 +280,12 @@ def _row(records: list[dict[str, Any]]) -> dict[str, Any]:
     chosen: dict[str, list[Any]] = defaultdict(list)
     for rec in records:
         for name, value in rec["metrics"].items():
-            by_metric[name].append(float(value))
+            if not is_se_metric(name):
+                by_metric[name].append(float(value))
         for k, v in (rec.get("protocol_settings") or {}).items():
             if _is_chosen_key(k):
                 chosen[k].append(v)
-    pretrain = [float(r["pretrain"]["wall_time_s"]) for r in records
-                if isinstance(r.get("pretrain"), dict)
-                and isinstance(r["pretrain"].get("wall_time_s"), (int, float))]
     provs = [r.get("provenance") or {} for r in records]
-    eval_times = [float(r["wall_time_s"]) for r in records
-                  if isinstance(r.get("wall_time_s"), (int, float))]
     newest = max(records, key=lambda r: _created_key(r["created"]))
     families = sorted({str(r.get("backbone_family")) for r in records})
     return {
@@ -175,8 +306,14 @@ def _row(records: list[dict[str, Any]]) -> dict[str, Any]:
         "n": len(records),
         "seeds": [[r["seed"], r["eval_seed"]] for r in records],
         "metrics": {name: _summary(vals) for name, vals in sorted(by_metric.items())},
-        "pretrain_wall_time_s": sum(pretrain) / len(pretrain) if pretrain else None,
-        "eval_wall_time_s": sum(eval_times) / len(eval_times) if eval_times else None,
+        "per_seed": _per_seed(records),
+        "mean_se": _mean_se(records),
+        "eval_sets": _eval_sets(records),
+        "pretrain_wall_time_s": _pretrain_mean(records, "wall_time_s"),
+        "pretrain_total_flops": _pretrain_mean(records, "total_flops"),
+        "pretrain_flops_per_image": _pretrain_mean(records, "flops_per_image"),
+        "eval_wall_time_s": _mean([v for r in records
+                                   if (v := finite(r.get("wall_time_s"))) is not None]),
         "run_ids": sorted({str(r["run_id"]) for r in records if r.get("run_id")}),
         "git_commits": sorted({str(p["git_commit"]) for p in provs if p.get("git_commit")}),
         "git_dirty": any(bool(p.get("git_dirty")) for p in provs),
@@ -186,13 +323,20 @@ def _row(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group records over seeds and summarise every metric.
+    """Group records over seeds, summarise every metric and add the paired differences.
 
     Records are grouped by (dataset, protocol, method, backbone, recipe name, protocol settings
     without per-run choices such as ``C``, kind: measured results never mix with figures
     reported in papers). Within a group each (seed, eval_seed) pair counts
     once (the newest record wins). Each metric gets n, mean, sample std (ddof=1) and the 95%
-    t-interval half-width (None for n=1).
+    t-interval half-width (None for n=1); ``per_seed``, ``vs_random``, ``mdd``, ``best`` and
+    ``vs_best`` are described in :func:`add_paired`.
+
+    Standard errors (``<metric>_se``, :func:`is_se_metric`) are not metrics of the row: their
+    mean per accuracy is ``mean_se`` (``{"acc": 0.012, ...}``), next to ``eval_sets`` (the
+    distinct ``eval_sets`` mappings of the records, evaluation set -> images and groups).
+    ``pretrain_wall_time_s``, ``pretrain_total_flops`` and ``pretrain_flops_per_image`` are
+    the means over the records that have a finite value, None when none has one.
 
     Args:
         records: validated result records.
@@ -212,6 +356,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows.sort(key=lambda r: (r["dataset"], protocol_sort_key(r["protocol"]), not r["baseline"],
                              r["method"], r["backbone"], r["recipe"],
                              canonical(r["protocol_settings"])))
+    add_paired(rows)
     return rows
 
 
@@ -245,7 +390,17 @@ def pretrain_seconds(row: dict[str, Any]) -> float | None:
     return finite(row.get("pretrain_wall_time_s"))
 
 
-def top1(row: dict[str, Any], metric: str = "acc") -> dict[str, Any] | None:
+def pretrain_flops(row: dict[str, Any]) -> float | None:
+    """The row's mean total pretraining FLOPs per run, None when unknown or not finite."""
+    return finite(row.get("pretrain_total_flops"))
+
+
+def flops_per_image(row: dict[str, Any]) -> float | None:
+    """The row's mean pretraining FLOPs per source image, None when unknown or not finite."""
+    return finite(row.get("pretrain_flops_per_image"))
+
+
+def top1(row: dict[str, Any], metric: str = PRIMARY_METRIC) -> dict[str, Any] | None:
     """The summary of ``metric`` (default top-1 ``acc``), None when missing or not finite."""
     summary = row["metrics"].get(metric)
     if summary is None or not math.isfinite(summary["mean"]):
@@ -253,29 +408,133 @@ def top1(row: dict[str, Any], metric: str = "acc") -> dict[str, Any] | None:
     return summary
 
 
+def paired(row: dict[str, Any], field: str,
+           metric: str = PRIMARY_METRIC) -> dict[str, Any] | None:
+    """A row's ``vs_random`` / ``vs_best`` / ``mdd`` entry for ``metric`` (default top-1), None
+    when absent (:func:`add_paired`)."""
+    return (row.get(field) or {}).get(metric)
+
+
 # --------------------------------------------------------------------------- ranking
 
 
-def _tie_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row.get("kind", "measured"), row["dataset"], row["protocol"], label_fraction(row))
+def comparison_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Rows compared with each other: same kind (measured / reported), dataset, protocol and
+    comparable settings (one column of the Markdown board)."""
+    return (row.get("kind", "measured"), row["dataset"], row["protocol"],
+            canonical(row.get("protocol_settings") or {}))
 
 
-def mark_ties(rows: list[dict[str, Any]]) -> dict[int, tuple[str, int]]:
-    """Per row index: ``("best", i)`` or ``("tie", i_best)``; rows not listed are neither.
+def _who(row: dict[str, Any]) -> dict[str, str]:
+    """The row a difference is taken against: method, backbone, recipe."""
+    return {k: row[k] for k in ("method", "backbone", "recipe")}
 
-    Rows are compared only within the same kind (measured / reported), dataset, protocol and
-    label fraction, on top-1 (``acc``). A row ties when its 95% CI overlaps the best row's.
+
+def _vs_best(row: dict[str, Any], best: dict[str, Any], metric: str) -> dict[str, Any]:
+    """Row − best on ``metric``: paired when they share at least two (seed, eval seed) pairs
+    (``tie`` when the paired 95% interval contains 0), else the unpaired rule (``paired``
+    false, ``mean`` the difference of the means, ``tie`` when the 95% CIs overlap)."""
+    diff = paired_difference((row.get("per_seed") or {}).get(metric, []),
+                             (best.get("per_seed") or {}).get(metric, []))
+    is_paired = diff["n"] >= 2
+    if is_paired:
+        tie = diff["verdict"] == "tie"
+    else:
+        tie = _overlap(row["metrics"][metric], best["metrics"][metric])
+        diff.update(mean=row["metrics"][metric]["mean"] - best["metrics"][metric]["mean"],
+                    verdict="tie" if tie else "below")
+    return {**diff, "paired": is_paired, "tie": tie, "against": _who(best)}
+
+
+def best_comparisons(rows: list[dict[str, Any]],
+                     metric: str) -> dict[int, tuple[int, dict[str, Any] | None]]:
+    """Per row index with a finite ``metric``: (index of its group's best row, the row's
+    difference to it from :func:`_vs_best`, None for the best row itself).
+
+    Groups are :func:`comparison_key`; the best row has the highest mean (on equal means the
+    first by method, backbone, recipe, whatever the order of ``rows``).
     """
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
-        if top1(row) is not None:
-            groups[_tie_key(row)].append(i)
-    marks: dict[int, tuple[str, int]] = {}
+        if top1(row, metric) is not None:
+            groups[comparison_key(row)].append(i)
+    out: dict[int, tuple[int, dict[str, Any] | None]] = {}
     for members in groups.values():
-        best, ties = best_and_ties({i: top1(rows[i]) for i in members})
-        marks[best] = ("best", best)
-        marks.update({i: ("tie", best) for i in ties})
+        best = min(members, key=lambda i: (-rows[i]["metrics"][metric]["mean"],
+                                           rows[i]["method"], rows[i]["backbone"],
+                                           rows[i]["recipe"]))
+        out.update({i: (best, None if i == best else _vs_best(rows[i], rows[best], metric))
+                    for i in members})
+    return out
+
+
+def mark_ties(rows: list[dict[str, Any]]) -> dict[int, tuple[str, int]]:
+    """Per row index: ``("best", i)`` or ``("tie", i_best)`` on top-1 (``acc``); rows not
+    listed are neither. A row ties when :func:`best_comparisons` says so: its paired 95%
+    interval of the difference to the best row contains 0, or, with fewer than two shared
+    (seed, eval seed) pairs, its 95% CI overlaps the best row's."""
+    marks: dict[int, tuple[str, int]] = {}
+    for i, (best, diff) in best_comparisons(rows, PRIMARY_METRIC).items():
+        if diff is None:
+            marks[i] = ("best", i)
+        elif diff["tie"]:
+            marks[i] = ("tie", best)
     return marks
+
+
+def _random_partners(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Row index -> its random-init row: same kind, dataset, protocol, comparable settings
+    and backbone; among several the same recipe name first, then the most seeds, then the
+    first. Random-init and raw-pixel rows have none."""
+    pool: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["method"] == RANDOM_INIT:
+            pool[(*comparison_key(row), row["backbone"])].append(row)
+    out = {}
+    for i, row in enumerate(rows):
+        found = pool.get((*comparison_key(row), row["backbone"]))
+        if found and row["method"] not in _NO_RANDOM_PARTNER:
+            out[i] = min(found, key=lambda r: (r["recipe"] != row["recipe"], -r["n"]))
+    return out
+
+
+def _mdd_entry(diff: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The MDD of a difference to random init and the seeds a :data:`CLAIM_DELTA` claim needs
+    (None without a partner or with fewer than two pairs)."""
+    if diff is None or diff["sd"] is None:
+        return None
+    return {"n": diff["n"], "sd": diff["sd"], "mdd": mdd(diff["sd"], diff["n"]),
+            "delta": CLAIM_DELTA, "seeds_for_delta": seeds_for(CLAIM_DELTA, diff["sd"])}
+
+
+def add_paired(rows: list[dict[str, Any]]) -> None:
+    """Add the paired statistics to each row, per metric (in place):
+
+    - ``per_seed``: ``[seed, eval_seed, value]`` per record (set by :func:`aggregate`).
+    - ``vs_random``: :func:`paired_difference` of the row minus its random-init row (same
+      kind, dataset, protocol, settings, backbone; see :func:`_random_partners`) plus
+      ``against`` (that row's method, backbone, recipe); None without one.
+    - ``mdd``: ``n``, ``sd`` of those differences, ``mdd`` = (t_{0.975,n-1} + t_{0.80,n-1})
+      * sd / sqrt(n), ``delta`` (:data:`CLAIM_DELTA`) and ``seeds_for_delta``
+      (:func:`seeds_for`); None with fewer than two pairs.
+    - ``best``: whether the row is the best of its :func:`comparison_key` group.
+    - ``vs_best``: the difference to that best row (:func:`best_comparisons`; ``paired``,
+      ``tie``, ``against``); None for the best row and for a non-finite metric.
+    """
+    partners = _random_partners(rows)
+    for i, row in enumerate(rows):
+        mine, partner = row.get("per_seed") or {}, partners.get(i)
+        theirs = (partner or {}).get("per_seed") or {}
+        row["vs_random"] = {m: None if partner is None else {
+            **paired_difference(mine.get(m, []), theirs.get(m, [])), "against": _who(partner)}
+            for m in row["metrics"]}
+        row["mdd"] = {m: _mdd_entry(d) for m, d in row["vs_random"].items()}
+        row["best"] = {m: False for m in row["metrics"]}
+        row["vs_best"] = {m: None for m in row["metrics"]}
+    for metric in sorted({m for row in rows for m in row["metrics"]}):
+        for i, (_, diff) in best_comparisons(rows, metric).items():
+            rows[i]["best"][metric] = diff is None
+            rows[i]["vs_best"][metric] = diff
 
 
 def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

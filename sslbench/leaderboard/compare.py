@@ -2,9 +2,10 @@
 
 A row is (dataset, recipe, method, backbone, protocol, label fraction, feature layer). The unit of
 replication is the pretraining seed: a side's value for a seed is the mean over its eval seeds.
-The difference B − A gets a 95% interval, paired over seeds when both sides have the same seeds,
-else Welch's; ``agree`` when the interval contains 0, ``differ`` when not, ``n/a`` when a side
-has fewer than two seeds.
+The difference B − A gets a 95% interval, paired over seeds when both sides have the same seeds
+(the half-width of :func:`.aggregation.paired_difference`, the board's paired statistic), else
+Welch's; ``agree`` when the interval contains 0, ``differ`` when not, ``n/a`` when a side has
+fewer than two seeds.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..identity import label_fraction
-from .aggregation import ci95_halfwidth, dedupe_seeds, sortable
+from .aggregation import ci95_halfwidth, dedupe_seeds, paired_difference, sortable
 from .markdown import md_cell, md_inline
 from .store import load_records
 
@@ -123,32 +124,38 @@ def _var(values: list[float]) -> float:
     return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
-def difference(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
-    """B − A with its 95% interval: paired t over seeds when both sides have the same seeds,
-    else Welch. ``lo``/``hi`` are None when a side has fewer than two seeds."""
+def _welch(va: list[float], vb: list[float]) -> tuple[float | None, float]:
+    """(degrees of freedom, 95% half-width) of Welch's interval for mean(B) − mean(A); both
+    sides constant give (None, 0): the interval is the point."""
     from scipy import stats
 
+    sa, sb = _var(va) / len(va), _var(vb) / len(vb)
+    se2 = sa + sb
+    if se2 == 0.0:
+        return None, 0.0
+    df = se2 ** 2 / (sa ** 2 / (len(va) - 1) + sb ** 2 / (len(vb) - 1))
+    return df, float(stats.t.ppf(0.975, df)) * math.sqrt(se2)
+
+
+def difference(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
+    """B − A with its 95% interval around the difference of the means: when both sides have the
+    same seeds, the paired t half-width of :func:`.aggregation.paired_difference` over the
+    seeds, else Welch's. ``lo``/``hi`` are None when a side has fewer than two seeds."""
     va, vb = list(a.values()), list(b.values())
     diff = sum(vb) / len(vb) - sum(va) / len(va)
     out: dict[str, Any] = {"mean": diff, "lo": None, "hi": None, "df": None}
     if set(a) == set(b):
         out["test"] = "paired"
-        if len(a) < 2:
+        # one value per seed (eval seeds already averaged): pair on the seed alone
+        pairs = paired_difference([[s, None, b[s]] for s in a], [[s, None, a[s]] for s in a])
+        if pairs["ci95"] is None:
             return out
-        d = [b[s] - a[s] for s in a]
-        df: float | None = len(d) - 1
-        half = float(stats.t.ppf(0.975, df)) * math.sqrt(_var(d) / len(d))
+        df, half = pairs["n"] - 1, pairs["ci95"]
     else:
         out["test"] = "welch"
         if len(va) < 2 or len(vb) < 2:
             return out
-        sa, sb = _var(va) / len(va), _var(vb) / len(vb)
-        se2 = sa + sb
-        if se2 == 0.0:
-            df, half = None, 0.0  # both sides constant: the interval is the point
-        else:
-            df = se2 ** 2 / (sa ** 2 / (len(va) - 1) + sb ** 2 / (len(vb) - 1))
-            half = float(stats.t.ppf(0.975, df)) * math.sqrt(se2)
+        df, half = _welch(va, vb)
     out.update(lo=diff - half, hi=diff + half, df=df)
     return out
 

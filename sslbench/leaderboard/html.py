@@ -9,11 +9,16 @@ Safety: every string that comes from a record (or a plugin's method name) goes t
 :func:`.formatting.esc` (``html.escape(quote=True)``), in HTML, SVG text and attributes alike; the
 JSON for the script is :func:`script_json` (``<``, ``>``, ``&`` written as ``\\u003c``...).
 
-Rows come from :func:`.aggregation.aggregate` (mean over seeds, 95% t-interval). Measured rows and
-rows reported in papers (``kind: reported``) get separate tables and are never compared.
-Within one (dataset, protocol, label fraction) the row with the highest mean top-1 is *best*;
-every other row whose 95% CI overlaps the best row's CI is marked *tie* (a single-seed row
-counts as the point interval at its mean): :func:`.aggregation.mark_ties`.
+Rows come from :func:`.aggregation.aggregate` (mean over seeds, 95% t-interval, paired
+differences). Measured rows and rows reported in papers (``kind: reported``) get separate tables
+and are never compared. Within one (dataset, protocol, settings) the row with the highest mean
+top-1 is *best*; every other row whose paired 95% interval of the difference to the best row
+contains 0 is marked *tie*, and a row that shares fewer than two (seed, eval seed) pairs with
+the best ties when its 95% CI overlaps the best row's (a single-seed row counts as the point
+interval at its mean): :func:`.aggregation.mark_ties`. Measured rows also show their paired
+difference to the random-init row and its minimal detectable difference (MDD), and their mean
+pretraining wall time, FLOPs per run and FLOPs per image; the provenance panel adds the mean
+test-set standard error and the evaluation-set sizes.
 """
 from __future__ import annotations
 
@@ -28,10 +33,14 @@ from typing import Any
 
 from ..utils import atomic_write_text
 from .aggregation import (
-    canonical, finite, interval, label_fraction, load_rows, mark_ties, pretrain_seconds,
-    protocol_sort_key, ranked, top1, without_fraction,
+    RANDOM_INIT, canonical, finite, flops_per_image, label_fraction, load_rows, mark_ties,
+    paired, pretrain_flops, pretrain_seconds, protocol_sort_key, ranked, top1,
+    without_fraction,
 )
-from .formatting import esc, fraction_text, seconds, short
+from .formatting import (
+    VERDICT_MARKS, cost_legend, diff_text, esc, eval_sets_text, flops, fraction_text,
+    paired_legend, pairs_text, points, se_text, seconds, short,
+)
 from .plots import plots_section
 
 REPORTED_TITLE = "Reported in papers (not measured here)"
@@ -87,6 +96,69 @@ def _metric_cell(summary: dict[str, Any] | None, cls: str) -> str:
     return f'<td class="num {cls}">{100 * summary["mean"]:.1f}{ci}</td>'
 
 
+def _name(row: dict[str, Any]) -> str:
+    return f"{row['method']} · {row['backbone']} · {row['recipe']}"
+
+
+def _random_text(diff: dict[str, Any]) -> str:
+    """A difference to random init in words (for a title and the provenance panel)."""
+    if diff["n"] == 0:
+        return f"no (seed, eval seed) pair shared with {_name(diff['against'])}"
+    return (f"{diff_text(diff)} points over {pairs_text(diff['n'])} ({diff['verdict']}) "
+            f"against {_name(diff['against'])}")
+
+
+def _best_text(diff: dict[str, Any]) -> str:
+    """A difference to the best row in words: paired, or the unpaired fallback."""
+    if diff["paired"]:
+        return (f"paired difference {diff_text(diff)} points over {pairs_text(diff['n'])} "
+                f"(95% interval {'contains' if diff['tie'] else 'excludes'} 0)")
+    return (f"{diff_text(diff)} points, unpaired (fewer than two shared seed pairs): the 95% "
+            f"CIs {'overlap' if diff['tie'] else 'do not overlap'}")
+
+
+def _random_cell(row: dict[str, Any]) -> str:
+    """Δ top-1 vs random init (points, paired 95% half-width, ✓/✗ when it separates)."""
+    if row["method"] == RANDOM_INIT:
+        return '<td class="num delta na">reference</td>'
+    diff = paired(row, "vs_random")
+    if diff is None or diff["n"] == 0:
+        title = "" if diff is None else f' title="{esc(_random_text(diff))}"'
+        return f'<td class="num delta na"{title}>–</td>'
+    mean, *half = diff_text(diff).split(" ± ")
+    ci = f' <span class="ci">± {half[0]}</span>' if half else ""
+    mark = VERDICT_MARKS.get(diff["verdict"])
+    return (f'<td class="num acc delta" title="{esc(_random_text(diff))}">{esc(mean)}{ci}'
+            f'{" " + mark if mark else ""}</td>')
+
+
+def _mdd_cell(row: dict[str, Any]) -> str:
+    """The MDD vs random init in points; its title says how many seeds a claim needs."""
+    power = paired(row, "mdd")
+    if power is None:
+        return '<td class="num mdd na">–</td>'
+    return (f'<td class="num mdd" title="{esc(_power_text(power))}">'
+            f'{100 * power["mdd"]:.1f}</td>')
+
+
+def _power_text(power: dict[str, Any]) -> str:
+    """The MDD entry in words: the seeds a :data:`.aggregation.CLAIM_DELTA` claim needs."""
+    return (f"MDD {100 * power['mdd']:.1f} points with {pairs_text(power['n'])} (sd of the "
+            f"differences {100 * power['sd']:.1f} points); {power['seeds_for_delta']} pairs "
+            f"would detect {points(power['delta'])} points")
+
+
+def _paired_items(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """Provenance entries of the paired statistics on top-1 (none for a reported row)."""
+    items = []
+    for label, field, text in (("vs random init", "vs_random", _random_text),
+                               ("power", "mdd", _power_text), ("vs best", "vs_best", _best_text)):
+        entry = paired(row, field)
+        if entry is not None:
+            items.append((label, esc(text(entry))))
+    return items
+
+
 def _dl(items: Iterable[tuple[str, str]]) -> str:
     return "<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
 
@@ -97,6 +169,21 @@ def _codes(values: Iterable[Any], limit: int | None = None) -> str:
         return '<span class="muted">unknown</span>'
     return ", ".join(f'<code title="{esc(v)}">{esc(v[:limit] if limit else v)}</code>'
                      for v in vals)
+
+
+def _cost_items(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """Provenance entries of the pretraining FLOPs, the test-set standard errors and the
+    evaluation-set sizes (each only when the row has it)."""
+    items = []
+    if pretrain_flops(row) is not None or flops_per_image(row) is not None:
+        items.append(("pretrain compute", esc(f"{flops(pretrain_flops(row))} per run, "
+                                              f"{flops(flops_per_image(row))} per image (mean)")))
+    if row.get("mean_se"):
+        items.append(("test-set SE", esc(f"{se_text(row['mean_se'])} (mean bootstrap "
+                                         f"standard error over each set's groups)")))
+    if row.get("eval_sets"):
+        items.append(("eval sets", esc("; ".join(eval_sets_text(s) for s in row["eval_sets"]))))
+    return items
 
 
 def _provenance(row: dict[str, Any]) -> str:
@@ -118,11 +205,13 @@ def _provenance(row: dict[str, Any]) -> str:
          esc(", ".join(row.get("devices") or [])) or '<span class="muted">unknown</span>'),
         ("pretrain time", esc(seconds(pretrain_seconds(row)))
          + (" (mean)" if pretrain_seconds(row) is not None else "")),
+        *_cost_items(row),
         ("eval time", esc(seconds(finite(row.get("eval_wall_time_s"))))
          + (" (mean)" if finite(row.get("eval_wall_time_s")) is not None else "")),
         ("records", esc(f'{row.get("n_records", row["n"])} file(s), {row["n"]} '
                         f'(seed, eval seed) pair(s)')),
         ("seeds", esc(", ".join(f"{s}/{e}" for s, e in row["seeds"]))),
+        *_paired_items(row),
     ]
     if row.get("run_ids"):
         items.append(("runs", _codes(row["run_ids"])))
@@ -144,20 +233,23 @@ def _columns(reported: bool, show_lf: bool) -> list[tuple[str, str | None, str, 
     cols += [("Method", "method", "text", ""), ("Backbone", "backbone", "text", "")]
     if not reported:
         cols.append(("Recipe", "recipe", "text", ""))
-    cols += [("Top-1 (%)", "acc", "num", "num"), ("OOD (%)", "ood", "num", "num"),
-             ("Seeds", "n", "num", "num")]
+    cols += [("Top-1 (%)", "acc", "num", "num"), ("OOD (%)", "ood", "num", "num")]
+    if not reported:
+        cols += [("Δ vs random (pts)", "d_random", "num", "num"),
+                 ("MDD (pts)", "mdd", "num", "num")]
+    cols.append(("Seeds", "n", "num", "num"))
     if reported:
         cols.append(("Source", "source", "text", ""))
     else:
-        cols.append(("Pretrain", "pretrain", "num", "num"))
+        cols += [("Pretrain", "pretrain", "num", "num"),
+                 ("Pretrain FLOP", "flops", "num", "num"),
+                 ("FLOP / image", "flops_img", "num", "num")]
     cols += [("vs best", None, "", ""), ("Provenance", None, "", "")]
     return cols
 
 
-def _table(table_id: str, rows: list[dict[str, Any]], ids: list[int], marks: dict,
-           variants: dict[int, str], all_rows: list[dict[str, Any]], reported: bool,
-           show_lf: bool) -> str:
-    cols = _columns(reported, show_lf)
+def _head(cols: list[tuple[str, str | None, str, str]]) -> str:
+    """The header cells; a column with a JSON key sorts on it."""
     head = []
     for label, key, kind, cls in cols:
         if key is None:
@@ -166,44 +258,66 @@ def _table(table_id: str, rows: list[dict[str, Any]], ids: list[int], marks: dic
             head.append(f'<th scope="col" class="{cls}" data-label="{esc(label)}" '
                         f'data-key="{key}" data-type="{kind}">'
                         f'<button type="button" class="sort">{esc(label)}</button></th>')
+    return "".join(head)
+
+
+def _badge(row: dict[str, Any], mark: tuple[str, int] | None,
+           all_rows: list[dict[str, Any]]) -> str:
+    """The *best* / *tie* badge; a tie's title gives the difference to the best row."""
+    if mark is None:
+        return ""
+    if mark[0] == "best":
+        return '<span class="badge best" title="highest mean top-1 here">best</span>'
+    diff = paired(row, "vs_best")
+    title = f"tied with the best row: {_name(all_rows[mark[1]])}"
+    if diff is not None:
+        title += "; " + _best_text(diff)
+    return f'<span class="badge tie" title="{esc(title)}">tie</span>'
+
+
+def _body_row(i: int, row: dict[str, Any], badge: str, variant: str | None, reported: bool,
+              show_lf: bool) -> str:
+    """One body row of a table (its provenance row follows it, see :func:`_table`)."""
+    protocol = esc(row["protocol"])
+    if variant:
+        protocol += f' <span class="tag">{esc(short(variant, 40))}</span>'
+    method = esc(row["method"])
+    if row.get("baseline"):
+        method += ' <span class="badge base" title="reference baseline">baseline</span>'
+    cells = [f'<td>{esc(row["dataset"])}</td>', f"<td>{protocol}</td>"]
+    if show_lf:
+        cells.append(f'<td class="num">{esc(fraction_text(label_fraction(row)))}</td>')
+    cells += [f'<td class="method">{method}</td>', f'<td>{esc(row["backbone"])}</td>']
+    if not reported:
+        cells.append(f'<td>{esc(row["recipe"])}</td>')
+    cells += [_metric_cell(top1(row), "acc"), _metric_cell(top1(row, "ood_acc"), "ood")]
+    if not reported:
+        cells += [_random_cell(row), _mdd_cell(row)]
+    cells.append(f'<td class="num">{row["n"]}</td>')
+    if reported:
+        cells.append(f'<td class="source">{esc("; ".join(row.get("sources") or []))}</td>')
+    else:
+        cells += [f'<td class="num">{esc(text)}</td>' for text in (
+            seconds(pretrain_seconds(row)), flops(pretrain_flops(row)),
+            flops(flops_per_image(row)))]
+    n = row.get("n_records", row["n"])
+    toggle = (f'<button type="button" class="prov-toggle" aria-expanded="false" '
+              f'aria-controls="prov-{i}" title="recipe, commits, devices, times">'
+              f'{n} record{"s" if n != 1 else ""}</button>')
+    cells += [f"<td>{badge}</td>", f'<td class="prov">{toggle}</td>']
+    cls = ' class="baseline"' if row.get("baseline") else ""
+    return f'<tr data-row="{i}"{cls}>' + "".join(cells) + "</tr>"
+
+
+def _table(table_id: str, ids: list[int], marks: dict[int, tuple[str, int]],
+           variants: dict[int, str], all_rows: list[dict[str, Any]], reported: bool,
+           show_lf: bool) -> str:
+    cols = _columns(reported, show_lf)
     body = []
     for i in ids:
         row = all_rows[i]
-        tie = marks.get(i)
-        badge = ""
-        if tie and tie[0] == "best":
-            badge = '<span class="badge best" title="highest mean top-1 here">best</span>'
-        elif tie:
-            b = all_rows[tie[1]]
-            lo, hi = interval(top1(b))
-            title = (f"95% CI overlaps the best row's: {b['method']} · {b['backbone']} · "
-                     f"{b['recipe']} ({100 * lo:.1f}–{100 * hi:.1f}%)")
-            badge = f'<span class="badge tie" title="{esc(title)}">tie</span>'
-        protocol = esc(row["protocol"])
-        if i in variants:
-            protocol += f' <span class="tag">{esc(short(variants[i], 40))}</span>'
-        method = esc(row["method"])
-        if row.get("baseline"):
-            method += ' <span class="badge base" title="reference baseline">baseline</span>'
-        cells = [f'<td>{esc(row["dataset"])}</td>', f"<td>{protocol}</td>"]
-        if show_lf:
-            cells.append(f'<td class="num">{esc(fraction_text(label_fraction(row)))}</td>')
-        cells += [f'<td class="method">{method}</td>', f'<td>{esc(row["backbone"])}</td>']
-        if not reported:
-            cells.append(f'<td>{esc(row["recipe"])}</td>')
-        cells += [_metric_cell(top1(row), "acc"), _metric_cell(top1(row, "ood_acc"), "ood"),
-                  f'<td class="num">{row["n"]}</td>']
-        if reported:
-            cells.append(f'<td class="source">{esc("; ".join(row.get("sources") or []))}</td>')
-        else:
-            cells.append(f'<td class="num">{esc(seconds(pretrain_seconds(row)))}</td>')
-        n = row.get("n_records", row["n"])
-        toggle = (f'<button type="button" class="prov-toggle" aria-expanded="false" '
-                  f'aria-controls="prov-{i}" title="recipe, commits, devices, times">'
-                  f'{n} record{"s" if n != 1 else ""}</button>')
-        cells += [f"<td>{badge}</td>", f'<td class="prov">{toggle}</td>']
-        cls = ' class="baseline"' if row.get("baseline") else ""
-        body.append(f'<tr data-row="{i}"{cls}>' + "".join(cells) + "</tr>")
+        badge = _badge(row, marks.get(i), all_rows)
+        body.append(_body_row(i, row, badge, variants.get(i), reported, show_lf))
         # provenance: a full-width row under its row, opened by the toggle (see board.js)
         body.append(f'<tr class="prov-row" id="prov-{i}" data-prov="{i}" hidden>'
                     f'<td colspan="{len(cols)}">{_provenance(row)}</td></tr>')
@@ -211,7 +325,7 @@ def _table(table_id: str, rows: list[dict[str, Any]], ids: list[int], marks: dic
                 f"filters.</td></tr>")
     caption = "Reported results" if reported else "Measured results"
     return (f'<div class="table-wrap"><table class="board" id="{table_id}">'
-            f'<caption hidden>{caption}</caption><thead><tr>{"".join(head)}</tr></thead>'
+            f'<caption hidden>{caption}</caption><thead><tr>{_head(cols)}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
@@ -243,7 +357,10 @@ def _js_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "recipe": row["recipe"], "lf": fraction_text(label_fraction(row)),
             "lf_value": label_fraction(row), "acc": acc["mean"] if acc else None,
             "ood": ood["mean"] if ood else None, "n": row["n"],
-            "pretrain": pretrain_seconds(row),
+            "pretrain": pretrain_seconds(row), "flops": pretrain_flops(row),
+            "flops_img": flops_per_image(row),
+            "d_random": (paired(row, "vs_random") or {}).get("mean"),
+            "mdd": (paired(row, "mdd") or {}).get("mdd"),
             "source": "; ".join(row.get("sources") or []),
         })
     return out
@@ -288,14 +405,17 @@ def render_html(rows: list[dict[str, Any]], title: str = "sslbench leaderboard")
         '<p class="small muted">Top-1 accuracies in percent, averaged over seeds; '
         "<b>±</b> is the half-width of the 95% Student-t interval over seeds (none for a "
         'single seed). <span class="badge best">best</span> marks the highest mean within a '
-        'dataset, protocol and label fraction; <span class="badge tie">tie</span> marks rows '
-        "whose 95% CI overlaps the best row's (a single seed counts as a point). Click a column "
-        "header to sort; open <i>Provenance</i> for recipe, commits, devices and times.</p>",
+        'dataset, protocol and settings; <span class="badge tie">tie</span> marks rows the '
+        "seeds do not separate from it (paired test, see below). Click a column header to "
+        "sort; open <i>Provenance</i> for recipe, commits, devices, times, pretraining FLOPs, "
+        "test-set standard errors and the paired differences in words.</p>",
+        f'<p class="small muted">{esc(paired_legend())}</p>',
+        f'<p class="small muted">{esc(cost_legend())}</p>',
         "<h2>Results measured with sslbench</h2>",
         _filters(rows),
     ]
     if measured:
-        parts.append(_table("measured", rows, measured, marks, variants, rows, False, show_lf))
+        parts.append(_table("measured", measured, marks, variants, rows, False, show_lf))
     else:
         parts.append('<p class="note">No results yet. Run <code>sslbench run RECIPE</code> to '
                      "add some.</p>")
@@ -304,7 +424,7 @@ def render_html(rows: list[dict[str, Any]], title: str = "sslbench leaderboard")
                  "records, each with its source). Their setups differ from ours, so they are "
                  "never ranked against measured rows; ties here compare reported rows only.</p>")
     if reported:
-        parts.append(_table("reported", rows, reported, marks, variants, rows, True, show_lf))
+        parts.append(_table("reported", reported, marks, variants, rows, True, show_lf))
     else:
         parts.append('<p class="note">No reported results.</p>')
     parts.append("</section>")

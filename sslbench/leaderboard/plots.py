@@ -1,5 +1,6 @@
 """SVG plots of the board, drawn as text: bars per method and backbone, ID vs OOD top-1,
-top-1 vs pretraining cost, and the section of the page that holds them.
+paired differences to random init, top-1 vs pretraining cost (wall time and FLOPs, side by
+side), and the section of the page that holds them.
 
 Every string from a record goes through :func:`.formatting.esc`, in SVG text and attributes alike.
 """
@@ -7,13 +8,16 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from .aggregation import (
-    canonical, interval, label_fraction, pretrain_seconds, protocol_sort_key, top1,
-    without_fraction,
+    canonical, flops_per_image, interval, label_fraction, paired, pretrain_flops,
+    pretrain_seconds, protocol_sort_key, top1, without_fraction,
 )
-from .formatting import ci_text, esc, fraction_text, seconds, short
+from .formatting import (
+    VERDICT_MARKS, ci_text, diff_text, esc, flops, fraction_text, seconds, short,
+)
 
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#9D755D",
            "#EECA3B", "#FF9DA6", "#79706E")
@@ -173,6 +177,51 @@ def ood_plot(rows: list[dict[str, Any]], label: str) -> str:
     return _svg(W, bottom + 36, legend + axis + body, label)
 
 
+def _diff_scale(diffs: list[dict[str, Any]]) -> tuple[float, list[tuple[float, str]]]:
+    """Half-range (a fraction) of a symmetric axis around 0 that holds every interval, and
+    its ticks in points."""
+    ends = [abs(x) for d in diffs for x in (d["mean"], d["lo"], d["hi"]) if x is not None]
+    pts = max(ends, default=0.0) * 100 * 1.05
+    step = next((t for t in (1, 2, 5, 10, 20, 25, 50) if pts / t <= 3), 100)
+    half = step * max(1, math.ceil(pts / step))
+    return half / 100, [((v + half) / (2 * half), f"{v:+g}" if v else "0")
+                        for v in range(-half, half + 1, step)]
+
+
+def paired_plot(rows: list[dict[str, Any]], label: str) -> str:
+    """Forest plot: each row's paired top-1 difference to its random-init row (points), with
+    the paired 95% interval; the line at 0 is random init."""
+    W, label_w, right = 680, 220, 110
+    x0, width = label_w + 12, W - label_w - 12 - right
+    ordered = sorted(rows, key=lambda r: (-paired(r, "vs_random")["mean"], r["method"],
+                                          r["backbone"], r["recipe"]))
+    half, ticks = _diff_scale([paired(r, "vs_random") for r in ordered])
+    pos = lambda v: x0 + (v + half) / (2 * half) * width  # noqa: E731
+    names = [f"{r['method']} · {r['backbone']}" for r in ordered]
+    dup = len(set(names)) < len(names)
+    top, step = 12, 24
+    body: list[str] = []
+    y = top + 14
+    for row, name in zip(ordered, names):
+        name += f" · {row['recipe']}" if dup else ""
+        diff = paired(row, "vs_random")
+        body.append(_text(label_w, y, short(name, 34), "end", 11.5, title=name))
+        if diff["ci95"] is not None:
+            body.append(_whisker(pos(diff["lo"]), pos(diff["hi"]), y))
+        mark = VERDICT_MARKS.get(diff["verdict"], "")
+        tip = f"{name} − random init: {diff_text(diff)} points (n={diff['n']} pairs)"
+        body.append(f'<circle cx="{_num(pos(diff["mean"]))}" cy="{_num(y)}" r="5" '
+                    f'fill="{ID_COLOR}"><title>{esc(tip)}</title></circle>')
+        body.append(_text(W - 6, y, f"{diff_text(diff)} {mark}".strip(), "end", 10.5,
+                          "#59636e"))
+        y += step
+    bottom = y - step / 2 + 4
+    zero = (f'<line x1="{_num(pos(0))}" y1="{_num(top)}" x2="{_num(pos(0))}" '
+            f'y2="{_num(bottom)}" stroke="#59636e" stroke-width="1.2" stroke-dasharray="4 3"/>')
+    axis = _x_axis(x0, width, top, bottom, "top-1 minus random init (points, paired)", ticks)
+    return _svg(W, bottom + 36, axis + [zero] + body, label)
+
+
 _TIME_TICKS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200,
                10800, 21600, 43200, 86400, 172800, 432000, 864000, 2592000)
 
@@ -210,17 +259,15 @@ def _time_scale(times: list[float]) -> tuple[Any, list[tuple[float, str]], bool]
                  for k in range(int(round(top / step)) + 1)], False
 
 
-def cost_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) -> str:
-    """Scatter: top-1 vs mean pretraining wall time (log axis when it spans > 10×)."""
-    W, H, x0, right = 680, 300, 56, 130
-    legend, top = _legend([(colors[b], b) for b in sorted({r["backbone"] for r in rows})],
-                          x0, 12, W - 8)
-    top += 8
-    width, bottom = W - x0 - right, H - 44
-    pos, ticks, log = _time_scale([pretrain_seconds(r) for r in rows])
-    body = _x_axis(x0, width, top, bottom,
-                   "mean pretraining wall time" + (" (log scale)" if log else ""), ticks)
-    accs = [top1(r) for r in rows]
+# (x position in [0, 1], tick labels) of a cost axis, and its title
+_Axis = tuple[Callable[[float], float], list[tuple[float, str]], str]
+_LABEL_STEP = 12  # px a point's label moves down per overlap
+
+
+def _acc_axis(accs: list[dict[str, Any]], x0: float, width: float, top: float,
+              bottom: float) -> tuple[Callable[[float], float], tuple[float, float], list[str]]:
+    """The top-1 axis of a scatter: position function (fraction -> y), the shown range and
+    its grid lines, tick labels and title."""
     lo_a = min(interval(a)[0] for a in accs)
     hi_a = max(interval(a)[1] for a in accs)
     a_min = max(0.0, math.floor((lo_a - 0.02) * 10) / 10)
@@ -228,6 +275,7 @@ def cost_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) ->
     if a_max - a_min < 0.2:
         a_min, a_max = max(0.0, a_max - 0.2), max(a_max, 0.2)
     yp = lambda v: bottom - (v - a_min) / (a_max - a_min) * (bottom - top)  # noqa: E731
+    body = []
     steps = int(round((a_max - a_min) / 0.1))
     for k in range(steps + 1):
         v = a_min + k * (a_max - a_min) / steps
@@ -237,37 +285,175 @@ def cost_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) ->
     mid = _num((top + bottom) / 2)
     body.append(f'<text x="14" y="{mid}" font-size="11" fill="#59636e" text-anchor="middle" '
                 f'transform="rotate(-90 14 {mid})">top-1 (%)</text>')
+    return yp, (a_min, a_max), body
+
+
+def _label(row: dict[str, Any], cx: float, cy: float, max_x: float,
+           placed: list[tuple[float, float, float]]) -> list[str]:
+    """A point's label (its method, short): right of the point, or left of it where it would
+    leave the plot, moved down until it covers nothing in ``placed`` (points and the labels
+    placed so far; it joins them), with a leader line when moved."""
+    text = short(row["method"], 22)
+    w = 6.4 * len(text)
+    right = cx + 9 + w <= max_x
+    x1 = cx + 9 if right else cx - 9 - w
+    x2, ly = x1 + w, cy
+    while any(a < x2 and x1 < b and abs(ly - y) < _LABEL_STEP for a, b, y in placed):
+        ly += _LABEL_STEP
+    placed.append((x1, x2, ly))
+    out = []
+    if ly != cy:
+        end = x1 - 1 if right else x2 + 1
+        out.append(f'<line x1="{_num(cx + (4 if right else -4))}" y1="{_num(cy + 2)}" '
+                   f'x2="{_num(end)}" y2="{_num(ly)}" stroke="#afb8c1" stroke-width="0.8"/>')
+    out.append(_text(x1, ly, text, size=11, title=_row_name(row)))
+    return out
+
+
+def _scatter(rows: list[dict[str, Any]], xs: list[float], axis: _Axis, colors: dict[str, str],
+             tips: list[str], label: str) -> str:
+    """Top-1 (95% CI whiskers) of each row against a pretraining cost ``xs`` placed by
+    ``axis``; points coloured per backbone and labelled with their method (:func:`_label`);
+    ``tips`` is each point's tooltip."""
+    W, H, x0, right = 680, 300, 56, 130
+    legend, top = _legend([(colors[b], b) for b in sorted({r["backbone"] for r in rows})],
+                          x0, 12, W - 8)
+    top += 8
+    width, bottom = W - x0 - right, H - 44
+    pos, ticks, title = axis
+    accs = [top1(r) for r in rows]
+    yp, (a_min, a_max), body = _acc_axis(accs, x0, width, top, bottom)
+    body += _x_axis(x0, width, top, bottom, title, ticks)
+    ordered = sorted(zip(rows, accs, xs, tips), key=lambda p: -p[1]["mean"])
+    spots = [(x0 + pos(x) * width, yp(acc["mean"])) for _, acc, x, _ in ordered]
+    # (x1, x2, y) of what a label must not cover: every point, then each label placed
+    placed = [(cx - 5.5, cx + 5.5, cy) for cx, cy in spots]
     points, labels = [], []
-    placed: list[tuple[float, float, float]] = []  # (x1, x2, y) of labels already placed
-    for row, acc in sorted(zip(rows, accs), key=lambda p: -p[1]["mean"]):
-        cx, cy = x0 + pos(pretrain_seconds(row)) * width, yp(acc["mean"])
+    for (row, acc, _, tip), (cx, cy) in zip(ordered, spots):
         color = colors[row["backbone"]]
         if acc["ci95"] is not None:
             lo, hi = interval(acc)
-            y1, y2 = yp(max(lo, a_min)), yp(min(hi, a_max))
-            points.append(f'<line x1="{_num(cx)}" y1="{_num(y1)}" x2="{_num(cx)}" '
-                          f'y2="{_num(y2)}" stroke="{color}" stroke-width="1.4"/>')
-        tip = (f"{_row_name(row)}: {ci_text(acc)} % after "
-               f"{seconds(pretrain_seconds(row))} pretraining (n={row['n']})")
+            points.append(f'<line x1="{_num(cx)}" y1="{_num(yp(max(lo, a_min)))}" '
+                          f'x2="{_num(cx)}" y2="{_num(yp(min(hi, a_max)))}" stroke="{color}" '
+                          f'stroke-width="1.4"/>')
         points.append(f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="5.5" fill="{color}" '
                       f'stroke="#ffffff" stroke-width="1.5"><title>{esc(tip)}</title></circle>')
-        text = short(row["method"], 22)
-        x1, x2, ly = cx + 9, cx + 9 + 6.4 * len(text), cy
-        while any(a < x2 and x1 < b and abs(ly - y) < 12 for a, b, y in placed):
-            ly += 12  # nudge down until it no longer overlaps a placed label
-        placed.append((x1, x2, ly))
-        if ly != cy:
-            labels.append(f'<line x1="{_num(cx + 4)}" y1="{_num(cy + 2)}" x2="{_num(x1 - 1)}" '
-                          f'y2="{_num(ly)}" stroke="#afb8c1" stroke-width="0.8"/>')
-        labels.append(_text(x1, ly, text, size=11, title=_row_name(row)))
+        labels += _label(row, cx, cy, W - 4, placed)
     return _svg(W, max(H, max(y for _, _, y in placed) + 50), legend + body + points + labels,
                 label)
+
+
+def cost_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) -> str:
+    """Scatter: top-1 vs mean pretraining wall time (log axis when it spans > 10×)."""
+    times = [pretrain_seconds(r) for r in rows]
+    pos, ticks, log = _time_scale(times)
+    axis = (pos, ticks, "mean pretraining wall time" + (" (log scale)" if log else ""))
+    tips = [f"{_row_name(r)}: {ci_text(top1(r))} % after {seconds(t)} pretraining (n={r['n']})"
+            for r, t in zip(rows, times)]
+    return _scatter(rows, times, axis, colors, tips, label)
+
+
+def _flops_scale(values: list[float]) -> tuple[Callable[[float], float],
+                                               list[tuple[float, str]]]:
+    """Log position function (FLOPs -> [0, 1], positive values) over at least one decade, and
+    ticks at 1, 2 and 5 times the powers of ten in range, at least 0.14 apart."""
+    a, b = math.log10(min(values) / 1.6), math.log10(max(values) * 1.6)
+    if b - a < 1:  # a decade holds at least two of the 1-2-5 ticks
+        a, b = (a + b - 1) / 2, (a + b + 1) / 2
+    pos = lambda v: (math.log10(v) - a) / (b - a)  # noqa: E731
+    ticks: list[tuple[float, str]] = []
+    decades = range(math.floor(a), math.ceil(b) + 1)
+    for t in sorted(m * 10.0 ** k for k in decades for m in (1, 2, 5)):
+        if 0 <= pos(t) <= 1 and (not ticks or pos(t) - ticks[-1][0] >= 0.14):
+            ticks.append((pos(t), flops(t)))
+    return pos, ticks
+
+
+def flops_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) -> str:
+    """Scatter: top-1 vs mean total pretraining FLOPs per run (log axis; positive FLOPs)."""
+    values = [pretrain_flops(r) for r in rows]
+    pos, ticks = _flops_scale(values)
+    axis = (pos, ticks, "mean total pretraining FLOPs per run (log scale)")
+    tips = [f"{_row_name(r)}: {ci_text(top1(r))} % after {flops(v)} of pretraining "
+            f"({flops(flops_per_image(r))} per image, n={r['n']})" for r, v in zip(rows, values)]
+    return _scatter(rows, values, axis, colors, tips, label)
 
 
 def backbone_colors(rows: list[dict[str, Any]]) -> dict[str, str]:
     """One palette colour per backbone, in backbone name order."""
     backbones = sorted({r["backbone"] for r in rows})
     return {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(backbones)}
+
+
+def _figures(group: list[dict[str, Any]], colors: dict[str, str], where: str) -> list[str]:
+    """The figures of one panel: bars, and where the rows have them ID vs OOD and the paired
+    differences to random init (the cost plots are :func:`_cost_figures`)."""
+    figs = [
+        f"<figure>{bar_plot(group, colors, f'Top-1 per method and backbone, {where}')}"
+        f"<figcaption><b>Top-1 per method × backbone</b> — {esc(where)}. Bars: mean over "
+        f"seeds; whiskers: 95% CI.</figcaption></figure>"]
+    with_ood = [r for r in group if top1(r, "ood_acc")]
+    if with_ood:
+        figs.append(
+            f"<figure>{ood_plot(with_ood, f'ID vs OOD top-1, {where}')}"
+            f"<figcaption><b>In-distribution vs OOD top-1</b> — {esc(where)}. Filled: ID "
+            f"test, hollow: OOD test; whiskers: 95% CI.</figcaption></figure>")
+    with_pairs = [r for r in group if (paired(r, "vs_random") or {}).get("mean") is not None]
+    if with_pairs:
+        figs.append(
+            f"<figure>{paired_plot(with_pairs, f'Top-1 minus random init, paired, {where}')}"
+            f"<figcaption><b>Top-1 minus random init, paired over seeds</b> — {esc(where)}. "
+            f"Dots: mean difference over the shared (seed, eval seed) pairs; whiskers: paired "
+            f"95% interval; ✓ above 0, ✗ below.</figcaption></figure>")
+    return figs
+
+
+def _cost_figures(group: list[dict[str, Any]], colors: dict[str, str], where: str) -> list[str]:
+    """Top-1 vs pretraining wall time and vs pretraining FLOPs, for the rows that record each
+    (baselines record neither, records from before FLOPs were counted no FLOPs)."""
+    figs = []
+    with_time = [r for r in group if pretrain_seconds(r) is not None]
+    if with_time:
+        figs.append(
+            f"<figure>{cost_plot(with_time, colors, f'Top-1 vs pretraining wall time, {where}')}"
+            f"<figcaption><b>Top-1 vs pretraining cost: wall time</b> — {esc(where)}. Only rows "
+            f"with a recorded pretraining time; whiskers: 95% CI. Wall time depends on the "
+            f"machine and its load: compare it only between runs on one device."
+            f"</figcaption></figure>")
+    with_flops = [r for r in group if (pretrain_flops(r) or 0) > 0]
+    if with_flops:
+        figs.append(
+            f"<figure>{flops_plot(with_flops, colors, f'Top-1 vs pretraining FLOPs, {where}')}"
+            f"<figcaption><b>Top-1 vs pretraining cost: FLOPs</b> — {esc(where)}. Mean model "
+            f"FLOPs of pretraining per run (forward and backward of every view, per image times "
+            f"images seen), log scale; whiskers: 95% CI. FLOPs are comparable across machines, "
+            f"wall time is not.</figcaption></figure>")
+    return figs
+
+
+def _missing_notes(measured: list[dict[str, Any]]) -> list[str]:
+    """A note for each cost plot that no measured row can have."""
+    out = []
+    if not any(pretrain_seconds(r) is not None for r in measured):
+        out.append('<p class="note">No accuracy-vs-cost plot: no record has a pretraining wall '
+                   "time yet (<code>pretrain.wall_time_s</code>).</p>")
+    if not any((pretrain_flops(r) or 0) > 0 for r in measured):
+        out.append('<p class="note">No accuracy-vs-FLOPs plot: no record has pretraining FLOPs '
+                   "yet (<code>pretrain.total_flops</code>; records written before FLOPs were "
+                   "counted lack them).</p>")
+    return out
+
+
+def _panel(group: list[dict[str, Any]], colors: dict[str, str], where: str) -> str:
+    """The figures of one panel in a grid, the two cost plots side by side in a grid of their
+    own under it."""
+    out = f"<div class=\"plots\">{''.join(_figures(group, colors, where))}</div>"
+    cost = _cost_figures(group, colors, where)
+    if cost:
+        out += ('<p class="small muted">Pretraining cost: wall time (left) is only comparable '
+                "between runs on the same machine; FLOPs (right) are comparable across "
+                f"machines.</p><div class=\"plots\">{''.join(cost)}</div>")
+    return out
 
 
 def plots_section(rows: list[dict[str, Any]]) -> str:
@@ -284,11 +470,7 @@ def plots_section(rows: list[dict[str, Any]]) -> str:
     n_variants: dict[tuple[str, str, float], int] = defaultdict(int)
     for d, p, f, _ in groups:
         n_variants[(d, p, f)] += 1
-    any_cost = any(pretrain_seconds(r) is not None for r in measured)
-    out: list[str] = []
-    if not any_cost:
-        out.append('<p class="note">No accuracy-vs-cost plot: no record has a pretraining wall '
-                   "time yet (<code>pretrain.wall_time_s</code>).</p>")
+    out = _missing_notes(measured)
     keys = sorted(groups, key=lambda k: (k[0], protocol_sort_key(k[1]), -k[2], k[3]))
     dataset = None
     variant_no: dict[tuple[str, str, float], int] = defaultdict(int)
@@ -301,26 +483,5 @@ def plots_section(rows: list[dict[str, Any]]) -> str:
         if n_variants[(d, p, f)] > 1:
             variant_no[(d, p, f)] += 1
             title += f" · settings variant {variant_no[(d, p, f)]}"
-        group = groups[key]
-        where = f"{d} · {title}"
-        figs = [
-            f"<figure>{bar_plot(group, colors, f'Top-1 per method and backbone, {where}')}"
-            f"<figcaption><b>Top-1 per method × backbone</b> — {esc(where)}. Bars: mean over "
-            f"seeds; whiskers: 95% CI.</figcaption></figure>"]
-        with_ood = [r for r in group if top1(r, "ood_acc")]
-        if with_ood:
-            figs.append(
-                f"<figure>{ood_plot(with_ood, f'ID vs OOD top-1, {where}')}"
-                f"<figcaption><b>In-distribution vs OOD top-1</b> — {esc(where)}. Filled: ID "
-                f"test, hollow: OOD test; whiskers: 95% CI.</figcaption></figure>")
-        with_cost = [r for r in group if pretrain_seconds(r) is not None]
-        if with_cost:
-            figs.append(
-                f"<figure>{cost_plot(with_cost, colors, f'Top-1 vs pretraining cost, {where}')}"
-                f"<figcaption><b>Top-1 vs pretraining cost</b> — {esc(where)}. Only rows with "
-                f"a recorded pretraining time (baselines have none); whiskers: 95% CI."
-                f"</figcaption></figure>")
-        out.append(f"<h4>{esc(title)}</h4><div class=\"plots\">{''.join(figs)}</div>")
+        out.append(f"<h4>{esc(title)}</h4>{_panel(groups[key], colors, f'{d} · {title}')}")
     return "".join(out)
-
-

@@ -96,7 +96,8 @@ def record_stub(*, method: str, backbone: str, dataset: str, protocol: str,
 def build_record(stub: dict[str, Any], *, backbone_family: str, settings: dict[str, Any],
                  metrics: dict[str, float], run_id: Optional[str], config: dict[str, Any],
                  provenance: dict[str, Any], pretrain: Optional[dict[str, Any]],
-                 wall_time_s: float) -> dict[str, Any]:
+                 wall_time_s: float, eval_sets: Optional[dict[str, dict[str, int]]] = None
+                 ) -> dict[str, Any]:
     """A complete measured record: ``stub`` (:func:`record_stub`) with every protocol setting
     (``settings`` must include the stub's), the metrics and how they were measured, stamped
     now."""
@@ -106,6 +107,8 @@ def build_record(stub: dict[str, Any], *, backbone_family: str, settings: dict[s
         "run_id": run_id, "config": config, "provenance": provenance, "pretrain": pretrain,
         "wall_time_s": wall_time_s, "created": now_iso(),
     })
+    if eval_sets is not None:  # images and independent groups (glyphs) per evaluation set
+        rec["eval_sets"] = eval_sets
     return rec
 
 

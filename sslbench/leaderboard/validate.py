@@ -12,12 +12,17 @@ Each problem is one line, ``<path>: <problem>``. The checks:
   files are caught), and no two files hold the same record key (the path ``record_path``
   gives);
 - no ``*.json`` file is hidden (a name starting with ``.``): the board would skip it silently.
+
+Warnings, one line each (``<path>: warning: ...``), do not make a directory invalid: a record
+whose protocol settings say its solver did not converge (``chosen_converged`` false, written by
+the linear probe, sslbench/eval/linear.py) names the C values (and the refit) that stopped
+short. A record with no convergence information (written before it was recorded) gets none.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..config import BOARD_DIR
 from .record import record_path, schema_problems
@@ -48,11 +53,13 @@ def results_root(path: str | Path) -> Path:
     return path / "results" if (path / "results").is_dir() else path
 
 
-def _validate(path: Path) -> tuple[int, list[str]]:
+def _validate(path: Path) -> tuple[int, list[str], list[str]]:
+    """(record files, problems, warnings) of a leaderboard or results directory."""
     if not path.is_dir():
-        return 0, [f"{path}: no such directory"]
+        return 0, [f"{path}: no such directory"], []
     root = results_root(path)
     problems: list[str] = []
+    warnings: list[str] = []
     seen: dict[str, Path] = {}
     n = 0
     for file in sorted(root.rglob("*.json")):
@@ -63,8 +70,8 @@ def _validate(path: Path) -> tuple[int, list[str]]:
             problems.append(f"{file}: hidden file: the board skips it; rename it to where its "
                             f"record belongs, or delete it")
             continue
-        problems += [f"{file}: {p}" for p in _check_file(file, root, seen)]
-    return n, problems
+        problems += [f"{file}: {p}" for p in _check_file(file, root, seen, warnings)]
+    return n, problems, warnings
 
 
 def validate_dir(path: str | Path = BOARD_DIR) -> list[str]:
@@ -79,7 +86,42 @@ def validate_dir(path: str | Path = BOARD_DIR) -> list[str]:
     return _validate(Path(path))[1]
 
 
-def _check_file(file: Path, root: Path, seen: dict[str, Path]) -> list[str]:
+def validate_warnings(path: str | Path = BOARD_DIR) -> list[str]:
+    """One ``"<file>: warning: <what>"`` line per valid record that carries a warning (a solver
+    that did not converge), in file order; empty when there is none."""
+    return _validate(Path(path))[2]
+
+
+def _unconverged(settings: dict[str, Any]) -> list[str]:
+    """The fits of a record that did not converge: ``C=<c>`` per C of the path whose final
+    gradient exceeds the tolerance, and the refit."""
+    tol, grads = settings.get("tol"), settings.get("chosen_grad_by_C")
+    fits = []
+    if isinstance(grads, dict) and isinstance(tol, (int, float)):
+        fits = [f"C={c}" for c, g in grads.items() if not (isinstance(g, (int, float))
+                                                          and g <= tol)]
+    refit = settings.get("chosen_refit")
+    if isinstance(refit, dict) and refit.get("converged") is False:
+        fits.append(f"the refit on train + val (C={settings.get('chosen_C')})")
+    return fits
+
+
+def convergence_warning(rec: dict[str, Any]) -> Optional[str]:
+    """The warning for a record whose solver did not converge (``chosen_converged`` false);
+    None when it converged or the record carries no convergence information."""
+    settings = rec.get("protocol_settings")
+    if not isinstance(settings, dict) or settings.get("chosen_converged") is not False:
+        return None
+    fits = _unconverged(settings)
+    where = f" at {', '.join(fits)}" if fits else ""
+    return (f"warning: {rec.get('protocol')} solver did not converge{where} (max |gradient| "
+            f"above tol {settings.get('tol')} within max_iter {settings.get('max_iter')}); "
+            f"raise eval.linear.max_iter and re-evaluate")
+
+
+def _check_file(file: Path, root: Path, seen: dict[str, Path], warnings: list[str]
+                ) -> list[str]:
+    """The problems of one record file; its warning, if any, is appended to ``warnings``."""
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -103,17 +145,22 @@ def _check_file(file: Path, root: Path, seen: dict[str, Path]) -> list[str]:
         problems.append(f"duplicate record: same key ({key}) as {seen[key]}")
     else:
         seen[key] = file
+    warning = convergence_warning(rec)
+    if warning:
+        warnings.append(f"{file}: {warning}")
     return problems
 
 
 def main(path: str | Path = BOARD_DIR) -> int:
-    """Print one line per problem and a summary; return 0 when clean, 2 otherwise."""
-    n, problems = _validate(Path(path))
-    for line in problems:
+    """Print one line per problem and per warning and a summary; return 0 when there is no
+    problem (warnings or not), 2 otherwise."""
+    n, problems, warnings = _validate(Path(path))
+    for line in problems + warnings:
         print(line)
     where = results_root(path)
+    noted = f", {len(warnings)} warning(s)" if warnings else ""
     if problems:
-        print(f"{len(problems)} problem(s) in {n} record file(s) under {where}")
+        print(f"{len(problems)} problem(s){noted} in {n} record file(s) under {where}")
         return 2
-    print(f"{n} record file(s) under {where}: all valid")
+    print(f"{n} record file(s) under {where}: all valid{noted}")
     return 0

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import torch
 
+from sslbench.config import DataConfig
 from sslbench.datasets.embedded import build_embedded
 
 
 def test_shapes_and_sizes():
-    s = build_embedded()
+    s = build_embedded(DataConfig())
     assert set(s) == {"train", "test", "ood"}
-    assert s["train"].images.shape == (1347 * 4, 3, 32, 32)
-    assert s["test"].images.shape == (450 * 2, 3, 32, 32)
+    assert s["train"].images.shape == (898 * 6, 3, 32, 32)  # 5,388 as with 1,347 x 4 before
+    assert s["test"].images.shape == (899 * 12, 3, 32, 32)
     assert s["ood"].images.shape == s["test"].images.shape
     assert s["train"].images.dtype == torch.uint8
     counts = torch.bincount(s["train"].labels, minlength=10)
@@ -18,16 +19,18 @@ def test_shapes_and_sizes():
 
 
 def test_deterministic_and_seeded():
-    a = build_embedded.__wrapped__(renders_per_train_glyph=1, renders_per_test_glyph=1, seed=0)
-    b = build_embedded.__wrapped__(renders_per_train_glyph=1, renders_per_test_glyph=1, seed=0)
-    c = build_embedded.__wrapped__(renders_per_train_glyph=1, renders_per_test_glyph=1, seed=1)
+    from sslbench.datasets.embedded import _build
+
+    a = _build.__wrapped__(32, 1, 1, 0.25, seed=0)  # uncached: built twice
+    b = _build.__wrapped__(32, 1, 1, 0.25, seed=0)
+    c = _build.__wrapped__(32, 1, 1, 0.25, seed=1)
     assert torch.equal(a["train"].images, b["train"].images)
     assert torch.equal(a["ood"].images, b["ood"].images)
     assert not torch.equal(a["train"].images, c["train"].images)
 
 
 def test_split_by_glyph():
-    s = build_embedded()
+    s = build_embedded(DataConfig())
     train_glyphs, test_glyphs = set(s["train"].groups.tolist()), set(s["test"].groups.tolist())
     assert not train_glyphs & test_glyphs
     assert set(s["ood"].groups.tolist()) == test_glyphs
@@ -35,7 +38,7 @@ def test_split_by_glyph():
 
 
 def test_ood_is_shifted():
-    s = build_embedded()
+    s = build_embedded(DataConfig())
     # in-distribution renders are grey-ish (low saturation); OOD uses saturated colours
     def saturation(x):
         x = x.float() / 255
@@ -45,5 +48,5 @@ def test_ood_is_shifted():
     # renders of the same glyph differ (nuisances applied per render)
     g = s["train"].groups
     first = (g == g[0]).nonzero().squeeze(1)
-    assert len(first) == 4 and not torch.equal(s["train"].images[first[0]],
+    assert len(first) == 6 and not torch.equal(s["train"].images[first[0]],
                                                 s["train"].images[first[1]])

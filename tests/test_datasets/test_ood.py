@@ -106,7 +106,7 @@ def test_generic_imagefolder_set_is_evaluated_by_every_protocol(tmp_path, monkey
     """End to end on the embedded benchmark: an ImageFolder OOD set named by digit folders
     (plus one class the benchmark lacks, and one mapped by class_map) adds ``<name>_acc``."""
     from conftest import write_recipe
-    from sslbench.config import load_recipe
+    from sslbench.recipe import load_recipe
     from sslbench.run import evaluate, recipe_info
 
     root = tmp_path / "digits_ood" / "test"

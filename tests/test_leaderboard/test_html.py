@@ -411,7 +411,7 @@ def test_run_writes_index_html_when_leaderboard_render(tiny_recipe: Path, tmp_pa
                                                        monkeypatch) -> None:
     """``sslbench run`` renders index.html next to LEADERBOARD.md (training stubbed out)."""
     import sslbench.run as run_mod
-    from sslbench.config import load_recipe
+    from sslbench.recipe import load_recipe
 
     def fake_evaluate(cfg, recipe, kind, run_dir, *args, **kwargs):
         method = cfg.method.name if kind == "run" else kind

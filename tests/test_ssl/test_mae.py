@@ -8,7 +8,7 @@ import torch
 
 from conftest import REPO, TINY_DATA, build_tiny_backbone
 from sslbench.backbones import load_backbone, save_backbone
-from sslbench.config import load_recipe
+from sslbench.recipe import load_recipe
 from sslbench.errors import UserError
 from sslbench.ssl import METHODS
 from sslbench.ssl.base import StepInfo

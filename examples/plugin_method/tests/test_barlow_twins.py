@@ -44,7 +44,7 @@ def test_conforms():
 
 def test_recipe_options_build():
     """The embedded recipe's deviations (inversion, strong colour augmentation) build and run."""
-    from sslbench.config import load_recipe
+    from sslbench.recipe import load_recipe
     from sslbench.conformance import sample_images
     from sslbench.run import build_method
 

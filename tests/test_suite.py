@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import write_recipe
-from sslbench.benchmark import load_suite, run_suite
+from sslbench.suite import load_suite, run_suite
 from sslbench.cli import main
 from sslbench.errors import UserError
 

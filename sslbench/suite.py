@@ -116,7 +116,7 @@ def run_suite(path: str | Path, only: Optional[str] = None, skip: Optional[str] 
               dry_run: bool = False, quiet: bool = False, extra: Optional[list[str]] = None
               ) -> list[tuple[Cell, str]]:
     """Run (or list, with ``dry_run``) the suite's cells; returns (cell, status) pairs."""
-    from .config import load_recipe
+    from .recipe import load_recipe
     from .leaderboard import write_board
     from .run import RunBusy, evaluate, recipe_info, run, run_lock
 
