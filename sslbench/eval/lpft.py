@@ -33,8 +33,8 @@ def run_lpft(backbone: Backbone, num_classes: int, train: ImageDataset, fit_idx:
     _, lp_settings, head = run_linear(feats, num_classes, linear_cfg.c_grid,
                                       linear_cfg.max_iter, refit=False, device=device,
                                       return_head=True)
-    # the stage-1 numbers of the head actually used (run_linear's val_acc is that of the
-    # warm-started grid fit of the chosen C; its refit=False head is refitted from zero)
+    # the stage-1 numbers of the head actually used: with refit=False it is the C path's fit of
+    # the chosen C (converged, warm-started along the path)
     lp_metrics = {}
     for split, (x, y) in feats.items():
         if split == "train":
