@@ -185,8 +185,8 @@ def test_quickstart_twice_in_a_clone_leaves_git_status_clean(tmp_path, monkeypat
     monkeypatch.chdir(clone)
     monkeypatch.delenv("WANDB_DIR", raising=False)  # W&B files go where a user's would
     for _ in range(2):
-        assert main(["run", "recipes/quickstart.yaml", "train.max_steps=2",
-                     "eval.protocols=[knn]", "-q"]) == 0
+        assert main(["run", "recipes/quickstart.yaml", "train.max_steps=2", "eval.protocols=[knn]",
+                     "data.renders_per_test_glyph=2", "-q"]) == 0
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True,
                             text=True, check=True).stdout
     assert status == ""
