@@ -36,7 +36,8 @@ NON_IDENTITY_KEYS = (
 RESUME_REMEDY_KEYS = ("optim.lr", "optim.clip_grad")
 
 # method names of the reference baselines in records (plus "timm:NAME"); their one home
-BASELINES = ("raw_pixels", "random_init", "supervised")
+RANDOM_INIT = "random_init"  # the baseline every method of a backbone is paired with
+BASELINES = ("raw_pixels", RANDOM_INIT, "supervised")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 

@@ -196,14 +196,18 @@ def run_lock(run_dir: Path):
         lock.release()
 
 
+def _finished(info: dict[str, Any], run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished pretraining (reused, not trained again)."""
+    return info.get("status") == "done" and (run_dir / "backbone.safetensors").is_file()
+
+
 def pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = False,
              tracker: Optional[Tracker] = None) -> dict[str, Any]:
     """Pretrain into ``run_dir`` (resuming from its checkpoint if there is one). The directory
     must be new or hold a run with the same config (:func:`bind_run_dir`); it is locked while
     training."""
     changes = bind_run_dir(cfg, run_dir)
-    info = read_run_info(run_dir)
-    if not (info.get("status") == "done" and (run_dir / "backbone.safetensors").is_file()):
+    if not _finished(read_run_info(run_dir), run_dir):
         load_splits(cfg.data)  # read (or download) the data before the run directory exists
     with run_lock(run_dir):
         return _pretrain(cfg, recipe, run_dir, changes, quiet, tracker)
@@ -216,7 +220,7 @@ def _pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path,
 
     info_path = run_dir / "run.json"
     info = read_run_info(run_dir)
-    if info.get("status") == "done" and (run_dir / "backbone.safetensors").is_file():
+    if _finished(info, run_dir):
         if not quiet and D.is_main():
             print(f"note: {run_dir} holds a finished pretraining with this config; reusing it "
                   f"(choose another --out to train again)", file=sys.stderr)
@@ -400,8 +404,7 @@ def _measure(ev: _Evaluation, protocol: Protocol, ctx: EvalContext, fraction: fl
         ctx.log(f"{protocol.name} ({method_name}, label fraction {fraction:g}, "
                 f"eval seed {ctx.eval_seed}):")
     metrics, settings = protocol.run(ctx)
-    metrics.update(uncertainty(ctx.predictions, {n: ds.labels for n, ds in ctx.evals.items()},
-                               {n: ds.groups for n, ds in ctx.evals.items()}))
+    metrics.update(uncertainty(ctx.predictions, ctx.evals))
     stub = _stub(cfg, ev.recipe, kind, protocol, fraction, ev.layer, ctx.eval_seed,
                  ev.dataset_id, ev.suite)
     settings.update(stub["protocol_settings"])

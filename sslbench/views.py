@@ -14,6 +14,7 @@ import math
 from typing import Sequence
 
 import kornia.augmentation as K
+import kornia.enhance as E
 import torch
 from torch import Tensor, nn
 
@@ -51,8 +52,6 @@ class ColorJitterPerImage(nn.Module):
         self.strengths, self.p = (brightness, contrast, saturation, hue), p
 
     def forward(self, x: Tensor) -> Tensor:
-        import kornia.enhance as E
-
         n, dev = x.shape[0], x.device
         apply = torch.rand(n, device=dev) < self.p
         factors = [torch.empty(n, device=dev).uniform_(max(0.0, 1 - s), 1 + s)

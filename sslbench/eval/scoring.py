@@ -58,11 +58,10 @@ def bootstrap_se(correct: Tensor, groups: Optional[Tensor], reps: int = BOOTSTRA
     return float(acc.std())
 
 
-def uncertainty(predictions: dict[str, Tensor], labels: dict[str, Tensor],
-                groups: dict[str, Optional[Tensor]]) -> dict[str, float]:
-    """``<metric>_se`` for every evaluation set with predictions."""
-    return {f"{metric_name(s)}_se": bootstrap_se(p == labels[s], groups[s])
-            for s, p in predictions.items() if s in labels}
+def uncertainty(predictions: dict[str, Tensor], evals: dict[str, Any]) -> dict[str, float]:
+    """``<metric>_se`` for every evaluation set (``ImageDataset``) with predictions."""
+    return {f"{metric_name(s)}_se": bootstrap_se(p == evals[s].labels, evals[s].groups)
+            for s, p in predictions.items() if s in evals}
 
 
 def eval_set_sizes(evals: dict[str, Any]) -> dict[str, dict[str, int]]:

@@ -22,13 +22,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..identity import BASELINES, label_fraction as _fraction_of
+from ..identity import BASELINES, RANDOM_INIT, label_fraction as _fraction_of
 from .store import load_records
 
 _PROTOCOL_ORDER = ("linear", "knn")
-# the baseline every other row is paired with (one of identity.BASELINES), and the rows that
-# get no such partner: the reference itself and the pixels, which have no initialisation
-RANDOM_INIT = "random_init"
+# the rows that get no random-init partner: the reference itself and the pixels, which have no
+# initialisation
 _NO_RANDOM_PARTNER = (RANDOM_INIT, "raw_pixels")
 # the difference (a fraction: 5 points of accuracy) that ``seeds_for_delta`` is sized for
 CLAIM_DELTA = 0.05
