@@ -9,12 +9,14 @@ image order, same optimizer, schedule and budget, from the recipe) and is scored
 linear probe and k-NN; only the named components differ:
 
 - ``views=tv``: lightly's ``SimCLRViewTransform`` (torchvision, per image on PIL, with the
-  recipe's crop scale, colour strength, grey-scale and flip probabilities, no blur) instead of the
-  batched kornia pipeline (``sslbench.views.simclr_view``);
-- ``views=kornia_pio``: the kornia pipeline with its colour jitter replaced by
-  ``sslbench.views.ColorJitterPerImage`` (an order per image, clamped after each step);
-- ``forward=split``: one backbone pass per view (BatchNorm statistics per view, as lightly's
-  examples do) instead of one pass over both views;
+  recipe's crop scale, colour strength, grey-scale and flip probabilities, no blur) instead of
+  sslbench's batched pipeline (``sslbench.views.simclr_view``);
+- ``views=kornia``: the kornia pipeline sslbench used before the batched one (kornia's
+  per-image crop and resize, its ``ColorJitter`` with ONE order of the four colour ops per call,
+  shared by every image and both views, clamped once at the end);
+- ``forward=joint``: one backbone pass over both views (BatchNorm statistics over the 2n
+  images, sslbench's SimCLR before ``bn_per_view``) instead of one pass per view (statistics
+  per view, as lightly's examples and solo-learn do; ``forward=split`` is the default);
 - ``head=lightly``: lightly's ``SimCLRProjectionHead`` (its last BatchNorm has a trainable bias)
   and ``NTXentLoss`` instead of ours.
 
@@ -40,9 +42,8 @@ from torch import Tensor
 from sslbench.recipe import load_recipe
 from sslbench.ssl import StepInfo, register_method
 from sslbench.ssl.simclr import SimCLR, nt_xent_loss
-from sslbench.views import to_float
 
-COMPONENTS = {"views": ("kornia", "tv", "kornia_pio"), "forward": ("joint", "split"),
+COMPONENTS = {"views": ("batched", "kornia", "tv"), "forward": ("split", "joint"),
               "head": ("ours", "lightly")}
 NAMED = {"ours": {}, "reference": {"views": "tv", "forward": "split", "head": "lightly"}}
 
@@ -53,8 +54,8 @@ class SimCLRAblation(SimCLR):
 
     @dataclass
     class Config(SimCLR.Config):
-        views: str = "kornia"
-        forward_mode: str = "joint"
+        views: str = "batched"
+        forward_mode: str = "split"
         head: str = "ours"
 
     def __init__(self, backbone, cfg, data) -> None:
@@ -67,16 +68,10 @@ class SimCLRAblation(SimCLR):
                                                   cfg.proj_hidden_dim or backbone.num_features,
                                                   cfg.proj_dim)
             self.lightly_loss = NTXentLoss(temperature=cfg.temperature)
-        if cfg.views == "kornia_pio":
-            import kornia.augmentation as K
-
-            from sslbench.views import ColorJitterPerImage
-
-            i, old = next((i, m) for i, m in enumerate(self.augment)
-                          if isinstance(m, K.ColorJitter))
-            strengths = [float(getattr(old, k))  # kornia keeps the scalar strengths
-                         for k in ("brightness", "contrast", "saturation", "hue")]
-            self.augment[i] = ColorJitterPerImage(*strengths, p=old.p)
+        if cfg.views == "kornia":
+            assert cfg.blur_p == 0, "the kornia variant reproduces the no-blur pipeline"
+            self.augment = kornia_view(data.image_size, cfg.crop_scale, cfg.color_strength,
+                                       cfg.flip_p)
         if cfg.views == "tv":
             from lightly.transforms.simclr_transform import SimCLRViewTransform
 
@@ -106,6 +101,17 @@ class SimCLRAblation(SimCLR):
         if self.cfg.head == "lightly":
             return {"loss": self.lightly_loss(z1.float(), z2.float())}
         return {"loss": nt_xent_loss(z1, z2, self.cfg.temperature)}
+
+
+def kornia_view(size: int, crop_scale, color_strength: float, flip_p: float) -> torch.nn.Module:
+    """The SimCLR view pipeline as sslbench built it from kornia until the batched one."""
+    import kornia.augmentation as K
+
+    s = color_strength
+    return torch.nn.Sequential(K.RandomResizedCrop((size, size), scale=tuple(crop_scale)),
+                               K.RandomHorizontalFlip(p=flip_p),
+                               K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8),
+                               K.RandomGrayscale(p=0.2))
 
 
 def variant_overrides(name: str) -> list[str]:
@@ -198,6 +204,8 @@ def main() -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
     rows = [r for r in rows if r.get("overrides", []) == args.overrides]
     done = {(r["variant"], r["seed"]) for r in rows}
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         for seed in [] if args.summary_only else parse_seeds(args.seeds):
             for v in variants:  # alternate variants within a seed: drift hits all alike

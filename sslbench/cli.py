@@ -231,12 +231,40 @@ def cmd_run(args) -> int:
     run_dir = _run_dir(cfg, recipe, args.out, existing)
     records, board = run(cfg, recipe, run_dir, args.quiet)
     if not args.quiet and records:
-        _print_records(records)
+        print(_summary(records))
         if board is not None:
-            print()
-            print(board.read_text())
+            print(f"full board: {board} and {board.parent / 'index.html'} (print it: sslbench "
+                  f"leaderboard render {board.parent})")
         print(f"run directory: {run_dir}   total wall time: {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _summary(records: list[dict]) -> str:
+    """This job's results, one line per (subject, protocol, label fraction): test and OOD
+    accuracy with the 95% interval of the test set (1.96 x the bootstrap SE over test glyphs),
+    averaged over evaluation seeds."""
+    from .identity import label_fraction
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        fraction = label_fraction(r["protocol_settings"])
+        groups.setdefault((r["method"], r["backbone"], r["protocol"], fraction), []).append(r)
+
+    def cell(recs: list[dict], key: str) -> str:
+        vals = [r["metrics"][key] for r in recs if key in r["metrics"]]
+        ses = [r["metrics"][f"{key}_se"] for r in recs if f"{key}_se" in r["metrics"]]
+        if not vals:
+            return "-"
+        text = f"{100 * sum(vals) / len(vals):5.1f}"
+        return text + (f" ± {196 * sum(ses) / len(ses):.1f}" if ses else "")
+
+    lines = [f"{'method':<14} {'backbone':<22} {'protocol':<9} {'labels':>6}  "
+             f"{'test acc %':<12} {'OOD acc %':<12}"]
+    for (method, backbone, protocol, fraction), recs in groups.items():
+        labels = f"{100 * fraction:.0f}%" if fraction < 1 else "all"
+        lines.append(f"{method[:14]:<14} {backbone[:22]:<22} {protocol[:9]:<9} {labels:>6}  "
+                     f"{cell(recs, 'acc'):<12} {cell(recs, 'ood_acc'):<12}")
+    return "\n".join(lines)
 
 
 def cmd_benchmark(args) -> int:

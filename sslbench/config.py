@@ -319,6 +319,7 @@ class OptimConfig:
     momentum: float = checked(MOMENTUM, 0.9)
     betas: list[float] = checked(ListOf(MOMENTUM, length=2), factory=lambda: [0.9, 0.999])
     trust_coefficient: float = checked(POSITIVE, 0.001)  # LARS eta
+    clip_lr: bool = False  # LARS: cap each layer's rate at the global lr (LARC; solo-learn)
     # global grad-norm clipping; null or 0 = none
     clip_grad: Optional[float] = checked(NONNEG.or_null("for no clipping"), None)
 
@@ -339,6 +340,13 @@ class TrainConfig:
     # torch.set_num_threads on CPU
     threads: Optional[int] = checked(POS_INT.or_null("for torch's default"), None)
     sync_bn: bool = True  # SyncBatchNorm under DDP on GPUs (torch has no CPU SyncBN)
+    # a split held in memory is copied to the training device once (uint8) and indexed there:
+    # auto = when it takes at most a quarter of the device's free memory; never = DataLoader
+    data_on_device: str = checked(OneOf(("auto", "always", "never")), "auto")
+    # conv backbones in channels_last (NHWC) memory layout; auto = for ResNets and convnets
+    channels_last: str = checked(OneOf(("auto", "always", "never")), "auto")
+    # torch.compile the backbone and the method's heads (first steps are slow while it compiles)
+    compile: bool = False
 
 
 @dataclass

@@ -41,7 +41,7 @@ from .config import DataConfig
 from .engine import train_step as engine_step
 from .ssl import METHODS, StepInfo
 
-TINY_BACKBONES = {"resnet": "test_resnet", "vit": "test_vit"}
+TINY_BACKBONES = {"resnet": "test_resnet", "vit": "test_vit", "convnet": "test_convnext"}
 BATCH = 32
 
 

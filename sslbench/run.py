@@ -252,9 +252,7 @@ def _pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path,
         atomic_write_json(info_path, info)
     own_tracker = tracker is None
     if tracker is None:
-        tracker = Tracker(run_dir / "metrics.jsonl", cfg.logging, run_dir.name, "pretrain",
-                          wandb_config(cfg, recipe), run_dir,
-                          tags=[cfg.method.name, cfg.backbone.name, cfg.data.name])
+        tracker = _pretrain_tracker(cfg, recipe, run_dir)
     try:
         try:
             result = fit(method, train, cfg, run_dir, device, tracker, quiet)
@@ -400,10 +398,13 @@ def _measure(ev: _Evaluation, protocol: Protocol, ctx: EvalContext, fraction: fl
     cfg, kind = ev.cfg, ev.subject.kind
     method_name = record_names(cfg, kind)[0]
     t1 = time.perf_counter()
-    if ctx.log and protocol.needs_backbone:
-        ctx.log(f"{protocol.name} ({method_name}, label fraction {fraction:g}, "
-                f"eval seed {ctx.eval_seed}):")
+    if ctx.log:
+        ctx.log(f"eval {method_name} {protocol.name} (label fraction {fraction:g}, "
+                f"eval seed {ctx.eval_seed})" + (":" if protocol.needs_backbone else ""))
     metrics, settings = protocol.run(ctx)
+    if ctx.log:
+        ctx.log(f"  -> test acc {100 * metrics.get('acc', float('nan')):.1f}% in "
+                f"{time.perf_counter() - t1:.1f} s")
     metrics.update(uncertainty(ctx.predictions, ctx.evals))
     stub = _stub(cfg, ev.recipe, kind, protocol, fraction, ev.layer, ctx.eval_seed,
                  ev.dataset_id, ev.suite)
@@ -485,6 +486,26 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
     return records
 
 
+def _pretrain_tracker(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path,
+                      metrics: bool = True) -> Tracker:
+    """The pretraining run's tracker; its W&B run id lives in ``run_dir/wandb_id``, so a resumed
+    run and its later evaluation summary continue one W&B run."""
+    return Tracker(run_dir / "metrics.jsonl" if metrics else None, cfg.logging, run_dir.name,
+                   "pretrain", wandb_config(cfg, recipe), run_dir,
+                   tags=[cfg.method.name, cfg.backbone.name, cfg.data.name],
+                   id_file=run_dir / "wandb_id")
+
+
+def _full_label_means(records: list[dict[str, Any]], prefix: str = "") -> dict[str, float]:
+    """Each metric's mean over the records at label fraction 1 (eval seeds pooled)."""
+    full = [r for r in records if label_fraction(r["protocol_settings"]) == 1]
+    out = {}
+    for key in sorted({k for r in full for k in r["metrics"]}):
+        vals = [r["metrics"][key] for r in full if key in r["metrics"]]
+        out[prefix + key] = sum(vals) / len(vals)
+    return out
+
+
 def _log_eval_runs(cfg: DictConfig, recipe: dict[str, Any], kind: str, run_dir: Optional[Path],
                    records: list[dict[str, Any]]) -> None:
     """One W&B run per protocol (``job_type`` = the protocol, same group and tags as the
@@ -513,10 +534,7 @@ def _log_eval_runs(cfg: DictConfig, recipe: dict[str, Any], kind: str, run_dir: 
         try:
             if kind == "run":
                 tracker.use_artifact(f"backbone-{run_id}", "model")
-            full = [r for r in recs if label_fraction(r["protocol_settings"]) == 1]
-            for key in sorted({k for r in full for k in r["metrics"]}):
-                vals = [r["metrics"][key] for r in full if key in r["metrics"]]
-                tracker.summary({key: sum(vals) / len(vals)})
+            tracker.summary(_full_label_means(recs))
             columns = ["label_fraction", "eval_seed", "acc", "ood_acc", "val_acc", "record"]
             tracker.log_table("results", columns, [
                 [label_fraction(r["protocol_settings"]), r["eval_seed"],
@@ -525,6 +543,16 @@ def _log_eval_runs(cfg: DictConfig, recipe: dict[str, Any], kind: str, run_dir: 
             tracker.log_artifact([record_path(results, r) for r in recs],
                                  f"result-{who}-{protocol}", "result",
                                  {"protocol": protocol, "method": first["method"]})
+        finally:
+            tracker.finish()
+    if kind == "run" and run_dir is not None and (run_dir / "wandb_id").is_file():
+        # the pretraining run's summary gets every protocol's results: one W&B row per
+        # pretrained backbone holds its loss curve and its accuracies
+        tracker = _pretrain_tracker(cfg, recipe, run_dir, metrics=False)
+        try:
+            for protocol in dict.fromkeys(r["protocol"] for r in records):
+                tracker.summary(_full_label_means(
+                    [r for r in records if r["protocol"] == protocol], f"eval/{protocol}/"))
         finally:
             tracker.finish()
 
@@ -550,9 +578,7 @@ def run(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, quiet: bool = Fa
         tracker = None
         if D.is_main() or not D.launched_by_torchrun():
             run_dir.mkdir(parents=True, exist_ok=True)
-            tracker = Tracker(run_dir / "metrics.jsonl", cfg.logging, run_dir.name, "pretrain",
-                              wandb_config(cfg, recipe), run_dir,
-                              tags=[cfg.method.name, cfg.backbone.name, cfg.data.name])
+            tracker = _pretrain_tracker(cfg, recipe, run_dir)
         try:
             info = _pretrain(cfg, recipe, run_dir, changes, quiet, tracker or Tracker(None))
         finally:

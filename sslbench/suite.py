@@ -156,5 +156,6 @@ def run_suite(path: str | Path, only: Optional[str] = None, skip: Optional[str] 
         from .leaderboard.wandb_table import log_leaderboard
 
         # the aggregated board as a wandb.Table in the suite's group (no-op with W&B off)
-        log_leaderboard(cfg.leaderboard.dir, cfg.logging, group=cfg.logging.group)
+        log_leaderboard(cfg.leaderboard.dir, cfg.logging, group=cfg.logging.group,
+                        run_dir=Path(RUNS_DIR) / suite)  # where `sslbench wandb-sync` looks
     return out

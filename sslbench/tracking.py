@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import string
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .distributed import is_main
+from .utils import atomic_write_text
 
 
 def _wandb_mode() -> str:
@@ -32,7 +35,11 @@ class Tracker:
 
     def __init__(self, jsonl: Optional[Path], wandb_cfg: Any = None, run_name: str = "",
                  job_type: str = "pretrain", config: Optional[dict] = None,
-                 wandb_dir: Optional[Path] = None, tags: Optional[list[str]] = None) -> None:
+                 wandb_dir: Optional[Path] = None, tags: Optional[list[str]] = None,
+                 id_file: Optional[Path] = None) -> None:
+        """``id_file`` (the run directory's ``wandb_id``) keeps the W&B run id: a resumed run,
+        and the evaluation results written into its summary later, continue the same W&B run
+        instead of starting a namesake."""
         self.enabled = is_main()
         self.jsonl = jsonl if self.enabled else None
         self.run = None
@@ -41,7 +48,16 @@ class Tracker:
 
             d = Path(wandb_cfg.dir or wandb_dir or ".")
             d.mkdir(parents=True, exist_ok=True)
+            run_id = None
+            if id_file is not None:
+                if id_file.is_file():
+                    run_id = id_file.read_text().strip()
+                else:
+                    alphabet = string.ascii_lowercase + string.digits  # W&B's id format
+                    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+                    atomic_write_text(id_file, run_id + "\n")
             self.run = wandb.init(
+                id=run_id, resume="allow" if run_id else None,
                 project=wandb_cfg.project, entity=wandb_cfg.entity,
                 # dashboards compare methods per group: the suite name, else the dataset
                 group=wandb_cfg.group or (config or {}).get("dataset"),

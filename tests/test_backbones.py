@@ -79,3 +79,18 @@ def test_safetensors_roundtrip_small_input_resnet(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(plain(x), bb(x))
     torch.testing.assert_close(load_backbone(path).eval()(x), bb(x))
+
+
+def test_convnext_is_a_convnet_and_round_trips_with_its_head_norm(tmp_path):
+    """A timm CNN beyond ResNet (ConvNeXt): family "convnet", pooled features through timm's
+    own head (global pool + LayerNorm, ``head.norm``), which save / load keep."""
+    bb = create_backbone(OmegaConf.structured(BackboneConfig(name="test_convnext")), 32)
+    assert bb.family == "convnet"
+    torch.nn.init.normal_(bb.model.head.norm.weight)  # not the default: must survive the trip
+    x = torch.randn(2, 3, 32, 32)
+    bb.eval()
+    path = save_backbone(bb, tmp_path / "b.safetensors")
+    back = load_backbone(path).eval()
+    assert back.family == "convnet"
+    torch.testing.assert_close(back(x), bb(x))
+    assert bb(x).shape == (2, bb.num_features)

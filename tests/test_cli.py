@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -69,6 +70,9 @@ def test_run_main_job_writes_run_records_and_board(tiny_recipe, capsys, tmp_path
     assert "| simclr | test_resnet | tiny |" in board
     out = capsys.readouterr().out
     assert "sslbench leaderboard" in out and "total wall time" in out
+    # a short summary (a line per subject and protocol, 95% intervals), not the whole board
+    assert len(out.splitlines()) <= 12 and max(map(len, out.splitlines())) <= 100
+    assert re.search(r"^simclr +test_resnet +linear +all +\d+\.\d ± \d+\.\d", out, re.M)
 
     # eval of an existing run reuses the cached features, and baselines work from a recipe
     assert list((run / "features").glob("*.pt"))

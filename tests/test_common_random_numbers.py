@@ -74,14 +74,14 @@ def test_same_image_sequence_whatever_the_batch_size():
 def test_methods_see_the_same_batches(tmp_path, monkeypatch):
     seen: dict[str, list[list[int]]] = {}
     current = {"name": ""}
-    original = StepBatches.__iter__
+    original = StepBatches.indices
 
-    def recording(self):
-        for batch in original(self):
-            seen.setdefault(current["name"], []).append(list(batch))
-            yield batch
+    def recording(self, step):  # the loop asks the sampler for each step's indices
+        batch = original(self, step)
+        seen.setdefault(current["name"], []).append(batch.tolist())
+        return batch
 
-    monkeypatch.setattr(StepBatches, "__iter__", recording)
+    monkeypatch.setattr(StepBatches, "indices", recording)
     for name, method in [("simclr", {"name": "simclr"}),
                          ("rotation", {"name": "rotation"})]:
         current["name"] = name

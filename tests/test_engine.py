@@ -108,3 +108,82 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert ckpt["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["method"].values() if v.is_floating_point())
     assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+# -- the loop without host syncs ----------------------------------------------------------------
+
+def test_in_memory_split_is_indexed_without_a_data_loader(tmp_path):
+    """train.data_on_device: an in-memory split is indexed where it lives and gives exactly the
+    DataLoader's batches, step for step (so results do not depend on the path)."""
+    from sslbench.datasets import TensorImageDataset
+    from sslbench.engine import _batches
+
+    images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    train = TensorImageDataset(images, torch.arange(50) % 3, ["a", "b", "c"]).subset(
+        torch.arange(5, 45))  # a subset of an in-memory split is in memory too
+    cfg = load_recipe(write_recipe(tmp_path / "r.yaml", {"train": {"batch_size": 16}}))
+    fast = list(_batches(train, cfg, 2, 9, torch.device("cpu")))
+    assert not isinstance(_batches(train, cfg, 2, 9, torch.device("cpu")),
+                          torch.utils.data.DataLoader)
+    cfg.train.data_on_device = "never"
+    loader = _batches(train, cfg, 2, 9, torch.device("cpu"))
+    assert isinstance(loader, torch.utils.data.DataLoader)
+    slow = [x for x, _ in loader]
+    assert len(fast) == len(slow) == 7
+    for (a, _), b in zip(fast, slow):
+        assert torch.equal(a, b)
+
+
+def test_losses_are_read_once_per_log_interval(tmp_path, monkeypatch):
+    """No host sync per step: with log_every=4 over 8 steps the losses are read (one collective
+    each) at steps 4 and 8 only; a NaN at step 5 is found at the read of step 8, named by its own
+    step, and the checkpoint of step 4 (whose weights gave step 4's finite loss) is kept."""
+    from sslbench import engine
+    from sslbench.ssl import simclr
+
+    reads = []
+    real = engine.all_reduce_mean
+    monkeypatch.setattr(engine, "all_reduce_mean", lambda t: reads.append(t.numel()) or real(t))
+    cfg = load_recipe(write_recipe(tmp_path / "r.yaml", {"train": {
+        "max_steps": 8, "checkpoint_every": 4, "log_every": 4}}))
+    info = {"path": "r.yaml", "sha256": "x", "name": "r"}
+    pretrain(cfg, info, tmp_path / "ok", quiet=True)
+    assert reads == [5, 5]  # 4 losses + the SIGTERM flag, twice
+
+    original, calls = simclr.nt_xent_loss, {"n": 0}
+
+    def exploding(*a, **k):
+        calls["n"] += 1
+        return original(*a, **k) * (math.nan if calls["n"] == 6 else 1.0)
+
+    monkeypatch.setattr(simclr, "nt_xent_loss", exploding)
+    with pytest.raises(TrainingError, match="loss is nan at step 5"):
+        pretrain(cfg, info, tmp_path / "bad", quiet=True)
+    assert torch.load(tmp_path / "bad" / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
+def _two_steps(tmp_path, name: str, steps: int = 2, **train) -> dict[str, torch.Tensor]:
+    cfg = load_recipe(write_recipe(tmp_path / f"{name}.yaml", {"train": {
+        "max_steps": steps, "batch_size": 32, **train}}))
+    pretrain(cfg, {"path": "r.yaml", "sha256": "x", "name": "r"}, tmp_path / name, quiet=True)
+    return _weights(tmp_path / name)
+
+
+def test_channels_last_step_matches_contiguous(tmp_path):
+    """One step in NHWC layout = one step in NCHW, up to summation order (after a few SGD steps
+    the two trajectories drift apart the way any two summation orders do)."""
+    eager = _two_steps(tmp_path, "nchw", steps=1, channels_last="never")
+    nhwc = _two_steps(tmp_path, "nhwc", steps=1, channels_last="always")
+    for k in eager:
+        torch.testing.assert_close(nhwc[k], eager[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_compiled_steps_match_eager(tmp_path):
+    """train.compile: the compiled backbone and head train to the eager weights (inductor on
+    CPU; parameter names, and so checkpoints and exports, are unchanged)."""
+    eager = _two_steps(tmp_path, "eager")
+    compiled = _two_steps(tmp_path, "compiled", compile=True)
+    assert compiled.keys() == eager.keys()
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-3, atol=1e-4, msg=k)

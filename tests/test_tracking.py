@@ -173,7 +173,7 @@ def test_run_logs_pretrain_and_one_eval_run_per_protocol(tmp_path):
                         "-q"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    runs = {}
+    runs, pretrain_logs = {}, []
     logs = sorted(tmp_path.rglob("offline-run-*/run-*.wandb"))
     assert logs, sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))[:50]
     for log in logs:
@@ -182,7 +182,16 @@ def test_run_logs_pretrain_and_one_eval_run_per_protocol(tmp_path):
         config = {i.key: json.loads(i.value_json) for i in run.config.update}
         arts = [(r.artifact.name, r.artifact.type) for r in recs
                 if r.WhichOneof("record_type") == "artifact"]
-        runs[(config["method"], run.job_type)] = (run, config, arts)
+        runs.setdefault((config["method"], run.job_type), (run, config, arts))
+        if run.job_type == "pretrain":
+            pretrain_logs.append((run, recs))
+    # training, then the evaluation summary: two offline logs of ONE W&B run (the id kept in
+    # the run directory), so a dashboard row holds the loss curve and the accuracies
+    run_id = (tmp_path / "runs" / "r1" / "wandb_id").read_text().strip()
+    assert [run.run_id for run, _ in pretrain_logs] == [run_id, run_id]
+    summary = {_key(i): json.loads(i.value_json) for _, recs in pretrain_logs for r in recs
+               if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+    assert 0 <= summary["eval/linear/acc"] <= 1 and 0 <= summary["eval/knn/acc"] <= 1
     assert set(runs) == {("simclr", "pretrain"), ("simclr", "linear"), ("simclr", "knn"),
                          ("random_init", "linear"), ("random_init", "knn")}
     assert {run.run_group for run, _, _ in runs.values()} == {"embedded"}
@@ -191,3 +200,19 @@ def test_run_logs_pretrain_and_one_eval_run_per_protocol(tmp_path):
     assert config["pretrain_run"] == "r1" and config["backbone_artifact"] == "backbone-r1"
     assert ("result-r1-linear", "result") in arts and "linear" in list(run.tags)
     assert runs[("random_init", "knn")][1]["pretrain_run"] is None
+
+
+def test_resumed_run_continues_its_wandb_run(tmp_path):
+    """The id kept in the run directory: a second tracker of the same run (a resumed
+    pretraining, or the evaluation summary) logs to the same W&B run, not a namesake."""
+    cfg = OmegaConf.structured(LoggingConfig(project="sslbench-test"))
+    for step in (1, 2):
+        t = Tracker(None, cfg, "run-z", "pretrain", {}, tmp_path, id_file=tmp_path / "wandb_id")
+        t.log({"train/loss": 1.0 / step}, step=step)
+        t.finish()
+    run_id = (tmp_path / "wandb_id").read_text().strip()
+    assert len(run_id) == 8 and run_id.isalnum()
+    logs = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    ids = [r.run.run_id for log in logs for r in read_wandb_log(log)
+           if r.WhichOneof("record_type") == "run"]
+    assert ids == [run_id, run_id]

@@ -14,7 +14,9 @@ from ..errors import UserError
 
 
 def family_of(model: nn.Module) -> str:
-    """``"resnet"``, ``"vit"`` or ``"other"``: the timm family of ``model``."""
+    """The timm family of ``model``: ``"resnet"``, ``"vit"``, ``"convnet"`` (another timm
+    network with a 2-D feature map and its own pooling: ConvNeXt, EfficientNet, RegNet, ...;
+    methods that read only the pooled feature support it) or ``"other"``."""
     from timm.models.resnet import ResNet
     from timm.models.vision_transformer import VisionTransformer
 
@@ -22,6 +24,9 @@ def family_of(model: nn.Module) -> str:
         return "resnet"
     if isinstance(model, VisionTransformer):
         return "vit"
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if convolutional and not hasattr(model, "patch_embed"):  # token models have patch_embed
+        return "convnet"
     return "other"
 
 

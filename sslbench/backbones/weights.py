@@ -78,7 +78,9 @@ def load_weights(bb: Backbone, path: str | Path,
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"{p} is corrupt or not a weights file (not a state dict of tensors); "
                         f"{fix}")
-    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
+    own = bb.model.state_dict()  # a classifier's keys are dropped; a pre-logits norm
+    state = {k: v for k, v in state.items()  # under head. (ConvNeXt's head.norm) is kept
+             if k in own or not k.startswith(("fc.", "head."))}
     missing, unexpected = bb.model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint {p} does not match backbone '{bb.name}': "

@@ -51,6 +51,11 @@ class ImageDataset(torch.utils.data.Dataset):
     def subset(self, indices: Tensor) -> "ImageDataset":
         return SubsetImageDataset(self, indices)
 
+    def in_memory(self) -> Optional[Tensor]:
+        """The split's uint8 images [N, 3, S, S] when it is held in memory (row i is
+        ``self[i]``'s image), else None (lazy sources decode per batch)."""
+        return None
+
 
 class TensorImageDataset(ImageDataset):
     """In-memory split: ``images`` uint8 [N, 3, S, S], ``labels`` int64 [N]."""
@@ -69,6 +74,9 @@ class TensorImageDataset(ImageDataset):
     def get_batch(self, indices):
         idx = torch.as_tensor(indices, dtype=torch.long)
         return self.images[idx], self.labels[idx]
+
+    def in_memory(self) -> Optional[Tensor]:
+        return self.images
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -89,6 +97,10 @@ class SubsetImageDataset(ImageDataset):
     def get_batch(self, indices):
         idx = self.indices[torch.as_tensor(indices, dtype=torch.long)]
         return self.parent.get_batch(idx)
+
+    def in_memory(self) -> Optional[Tensor]:
+        held = self.parent.in_memory()
+        return None if held is None else held[self.indices]
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.parent.fingerprint().encode())

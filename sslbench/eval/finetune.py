@@ -42,7 +42,6 @@ import sys
 import time
 from typing import Any, Optional
 
-import kornia.augmentation as K
 import timm
 import torch
 import torch.nn.functional as F
@@ -53,7 +52,7 @@ from ..datasets import ImageDataset
 from ..errors import UserError
 from ..schedules import cosine_with_warmup
 from ..utils import seed_everything
-from ..views import Normalize, to_float
+from ..views import Normalize, RandomResizedCropFlip, to_float
 from .protocol import EvalContext, Log, Result, register_protocol
 from .scoring import score
 
@@ -114,10 +113,7 @@ def _autocast(device: torch.device):
 
 
 def augmentation(cfg: Any, size: int) -> nn.Module:
-    ops: list[nn.Module] = [K.RandomResizedCrop((size, size), scale=tuple(cfg.crop_scale))]
-    if cfg.flip_p > 0:
-        ops.append(K.RandomHorizontalFlip(p=float(cfg.flip_p)))
-    return nn.Sequential(*ops)
+    return RandomResizedCropFlip(size, cfg.crop_scale, flip_p=float(cfg.flip_p))
 
 
 # -- train / predict -----------------------------------------------------------------------------
@@ -223,13 +219,19 @@ def run_finetune(backbone: Backbone, num_classes: int, train: ImageDataset, fit_
         init_head(model, float(cfg.head_init_std), head_init)
         return model
 
+    fits = len(cfg.lr_grid) + bool(cfg.refit_on_train_and_val)
+    spent: list[float] = []
+
     def fit(idx: Tensor, lr: float) -> tuple[nn.Module, list[float]]:
         model = fresh()
         t = time.perf_counter()
         losses = train_classifier(model, train, idx, normalize, cfg, lr, seed, device, bn_eval)
+        spent.append(time.perf_counter() - t)
         if log:
-            log(f"  lr={lr:g}: {len(losses)} steps in {time.perf_counter() - t:.1f} s, "
-                f"train loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f}")
+            eta = (fits - len(spent)) * sum(spent) / len(spent)
+            log(f"  lr={lr:g} (fit {len(spent)}/{fits}): {len(losses)} steps in "
+                f"{spent[-1]:.1f} s, train loss {losses[0]:.3f} -> "
+                f"{sum(losses[-10:]) / len(losses[-10:]):.3f}; ETA {eta:.0f} s")
         return model, losses
 
     step0_val = None

@@ -284,7 +284,7 @@ def _body_row(i: int, row: dict[str, Any], badge: str, variant: str | None, repo
     method = esc(row["method"])
     if row.get("baseline"):
         method += ' <span class="badge base" title="reference baseline">baseline</span>'
-    cells = [f'<td>{esc(row["dataset"])}</td>', f"<td>{protocol}</td>"]
+    cells = [f'<td>{esc(row["dataset"])}</td>', f'<td class="protocol">{protocol}</td>']
     if show_lf:
         cells.append(f'<td class="num">{esc(fraction_text(label_fraction(row)))}</td>')
     cells += [f'<td class="method">{method}</td>', f'<td>{esc(row["backbone"])}</td>']

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from ..config import RUNS_DIR
 from ..distributed import is_main
 from ..tracking import Tracker
 from .aggregation import label_fraction, load_rows, paired
@@ -48,7 +49,6 @@ def log_leaderboard(leaderboard_dir: str | Path, logging_cfg: Any, group: Option
     if logging_cfg is None or not logging_cfg.wandb or not is_main():
         return False
     import copy
-    import tempfile
 
     from omegaconf import OmegaConf
 
@@ -59,7 +59,7 @@ def log_leaderboard(leaderboard_dir: str | Path, logging_cfg: Any, group: Option
     rows = leaderboard_rows(leaderboard_dir)
     tracker = Tracker(None, cfg, f"leaderboard-{cfg.group or 'all'}", "leaderboard",
                       {"leaderboard_dir": str(leaderboard_dir), "rows": len(rows)},
-                      Path(run_dir or tempfile.mkdtemp(prefix="sslbench-wandb-")),
+                      Path(run_dir or cfg.dir or RUNS_DIR),  # where `wandb-sync` looks
                       tags=["leaderboard"])
     try:
         tracker.log_table("leaderboard", LEADERBOARD_COLUMNS, rows)

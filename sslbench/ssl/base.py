@@ -4,7 +4,8 @@ A method is one file under ``sslbench/ssl/`` (or a plugin file/package): a subcl
 :class:`SSLMethod` decorated with ``@register_method("name")``. It declares
 
 - ``Config``: a dataclass of its hyper-parameters (paper defaults), validated from ``method:``;
-- ``families``: the backbone families it supports (``"resnet"``, ``"vit"``);
+- ``families``: the backbone families it supports (``"resnet"``, ``"vit"``, ``"convnet"``: any
+  other timm CNN read through its own pooling, e.g. ConvNeXt; ``backbones.family_of``);
 - ``make_views(images)``: the augmented views of a uint8 batch, made on the training device
   (any number and resolution: multi-crop, masking inputs, rotations, patch pairs), typically
   ``self.normalize(augment(to_float(images)))`` with the helpers of :mod:`sslbench.views`;

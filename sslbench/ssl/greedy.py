@@ -253,7 +253,9 @@ class GreedyLocal(SSLMethod):
             views: two (n, 3, H, W) batches, the two views of the same n images.
         """
         n = views[0].shape[0]
-        h = torch.cat(views)  # (2n, 3, H, W): one pass so BN sees both views, as in SimCLR
+        # (2n, 3, H, W): one pass, BN over both views (SimCLR's bn_per_view=false; per-view
+        # BN, SimCLR's default since the pipeline ablation, is not measured for greedy yet)
+        h = torch.cat(views)
         last = self.num_stages - 1
         losses: list[Tensor] = []
         for i in range(self.num_stages):

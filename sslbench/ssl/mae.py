@@ -23,8 +23,8 @@ Deviations from the paper / official code (and why):
   reasonable ablation for ViT-Ti/S at 32 px; linear-probe accuracy is the number it affects most.
 - Augmentation: RandomResizedCrop with the paper's scale (0.2, 1) (solo-learn's 32 px config uses
   (0.08, 1); set ``crop_scale``), bicubic as in the paper, clamped to [0, 1] because bicubic
-  overshoots where PIL would clip, plus a horizontal flip. Views are made with kornia on the
-  training device so crop parameters are drawn per sample.
+  overshoots where PIL would clip, plus a horizontal flip. Views are made in one batched
+  resampling on the training device, crop parameters drawn per sample.
 - ``reinit_encoder`` (default true) re-initialises the encoder the official way (xavier_uniform
   Linear layers with the patch-embed conv treated as a Linear, LayerNorm (1, 0), cls token
   N(0, 0.02)). Set it false to keep the backbone's weights, e.g. when continuing from
@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional, Sequence
 
-import kornia.augmentation as K
 import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block
@@ -49,7 +48,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from ..config import CROP_SCALE, OPEN_UNIT, POS_INT, POSITIVE, PROB, checked
 from ..errors import UserError
-from ..views import to_float
+from ..views import RandomResizedCropFlip, to_float
 from .base import DataSpec, SSLMethod, StepInfo, register_method
 
 _LN = partial(nn.LayerNorm, eps=1e-6)  # official code: LayerNorm eps 1e-6 everywhere
@@ -309,11 +308,8 @@ class MAE(SSLMethod):
 
         self.decoder = MAEDecoder(d, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
                                   cfg.decoder_mlp_ratio, self.grid, self.patch_size)
-        self.augment = nn.Sequential(
-            K.RandomResizedCrop((data.image_size, data.image_size), scale=tuple(cfg.crop_scale),
-                                resample="BICUBIC"),
-            K.RandomHorizontalFlip(p=cfg.flip_p),
-        )
+        self.augment = RandomResizedCropFlip(data.image_size, cfg.crop_scale, flip_p=cfg.flip_p,
+                                             mode="bicubic")
 
     @torch.no_grad()
     def make_views(self, images: Tensor) -> Tensor:

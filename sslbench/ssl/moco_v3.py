@@ -82,7 +82,7 @@ def moco_v3_loss(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, temperature: fl
 class MoCoV3(SSLMethod):
     """MoCo v3: online backbone + projector + predictor, momentum backbone + projector."""
 
-    families = ("resnet", "vit")
+    families = ("resnet", "vit", "convnet")
     paper = "Chen, Xie, He, ICCV 2021"
     test_overrides = {"hidden_dim": 64}  # conformance tests on tiny backbones only
 

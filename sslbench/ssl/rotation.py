@@ -93,7 +93,7 @@ def base_augment(size: int, crop: str, padding: int, crop_scale: list[float],
 class RotNet(SSLMethod):
     """RotNet: 4-way classification of the rotation applied to each image."""
 
-    families = ("resnet", "vit")
+    families = ("resnet", "vit", "convnet")
     paper = "Gidaris, Singh, Komodakis, ICLR 2018"
 
     @dataclass

@@ -214,3 +214,20 @@ def test_committed_board_screenshot(driver, tmp_path: Path) -> None:
         docs = REPO / "docs"
         docs.mkdir(exist_ok=True)
         shutil.copyfile(out, docs / "leaderboard.png")
+
+
+def test_committed_board_fits_1400px_without_horizontal_scroll(driver, tmp_path: Path) -> None:
+    """Every column of the measured table is on screen in a 1,400 px wide window: the paired
+    columns and provenance are not scrolled off to the right."""
+    page = tmp_path / "index.html"
+    page.write_text(render_html_dir(REPO / "leaderboard" / "results"), encoding="utf-8")
+    driver.set_window_size(1400, 900)
+    try:
+        open_page(driver, page)
+        widths = driver.execute_script(
+            "const w = document.querySelector('#measured').closest('.table-wrap');"
+            "return [w.scrollWidth, w.clientWidth, window.innerWidth];")
+    finally:
+        driver.set_window_size(1280, 900)
+    scroll, client, inner = widths
+    assert inner <= 1400 and scroll <= client, widths

@@ -327,7 +327,7 @@ def test_multi_crop_views_stacked_per_view(tiny_method):
     views = _views(method, n=6)
     assert [tuple(v.shape) for v in views] == [(12, 3, 32, 32), (18, 3, 16, 16)]
     assert all(v.dtype == torch.float32 for v in views)
-    assert method.global_augs[0][0]._param_generator.scale == (0.4, 1.0)
+    assert method.global_augs[0][0].scale == (0.4, 1.0)
     # identical images: every crop of every view differs (per-sample random parameters)
     torch.manual_seed(0)
     same = _images(1).expand(16, 3, 32, 32).contiguous()
@@ -342,7 +342,7 @@ def test_view_order_is_view_major(tiny_method):
                          local_crop_scale=[1.0, 1.0], color_p=0.0, gray_p=0.0, flip_p=0.0,
                          solarize_p=0.0)
     for aug in [*method.global_augs, method.local_aug]:
-        aug[0]._param_generator.ratio = (1.0, 1.0)  # full-image crops
+        aug[0].ratio = (1.0, 1.0)  # full-image crops
     g = torch.Generator().manual_seed(0)  # smooth images: resizing barely changes them
     coarse = torch.rand(5, 3, 4, 4, generator=g)
     x = (F.interpolate(coarse, size=32, mode="bilinear", align_corners=False) * 255).to(torch.uint8)
@@ -361,7 +361,7 @@ def test_no_local_crops_uses_wide_global_scale(tiny_method):
     method = tiny_method("resnet", num_local_crops=0)
     views = _views(method)
     assert len(views) == 1 and tuple(views[0].shape) == (2 * B, 3, 32, 32)
-    assert method.global_augs[1][0]._param_generator.scale == (0.14, 1.0)
+    assert method.global_augs[1][0].scale == (0.14, 1.0)
     out = method(views, StepInfo(0, 10, 5))
     assert math.isfinite(out["loss"].item())
 
