@@ -300,12 +300,10 @@ def _fit(method: SSLMethod, train: ImageDataset, cfg: Any, run_dir: Path, device
             images += global_batch
             done = step + 1
             if done % tcfg.log_every == 0 or done % tcfg.checkpoint_every == 0 or done == total:
-                guard.flush()  # the only host sync of the loop: losses, SIGTERM, logging
+                guard.flush()  # the only host sync of the loop: losses, SIGTERM
                 last_loss = guard.loss
-                now = time.perf_counter()
-                log(done, now, images, last_loss, lr, wd, out)
-            else:
-                now = time.perf_counter()
+            now = time.perf_counter()
+            log(done, now, images, last_loss, lr, wd, out)
             progress.update(loss=f"{last_loss:.3f}", lr=f"{lr:.3g}",
                             img_s=f"{(images - images_before) / max(1e-9, now - t0):.0f}")
             if guard.stop_requested:  # SIGTERM on some rank: every rank stops after this step
@@ -523,7 +521,7 @@ class _StepLog:
 
     def __call__(self, done: int, now: float, images: int, loss: float, lr: float, wd: float,
                  out: dict[str, torch.Tensor]) -> None:
-        if done % self.every and done != self.total:  # a checkpoint step's flush: no line
+        if done % self.every and done != self.total:
             return
         ips = (images - self.images) / max(1e-9, now - self.t)
         extras = {k: float(v) for k, v in out.items() if k != "loss"}

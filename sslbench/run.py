@@ -388,7 +388,6 @@ class _Evaluation:
     dataset_id: dict[str, str]
     suite: Optional[str]
     feature_share: float  # feature extraction time charged to each frozen-feature record
-    tracker: Optional[Tracker]
     provenance: dict[str, Any]
 
 
@@ -421,17 +420,12 @@ def _measure(ev: _Evaluation, protocol: Protocol, ctx: EvalContext, fraction: fl
                        pretrain=ev.subject.pretrain, wall_time_s=wall,
                        eval_sets=eval_set_sizes(ctx.evals))
     write_record(Path(cfg.leaderboard.dir) / "results", rec)
-    if ev.tracker is not None:
-        prefix = f"eval/{method_name if kind != 'run' else 'ssl'}/{protocol.name}"
-        if fraction != 1.0:
-            prefix += f"/lf{fraction:g}"
-        ev.tracker.summary({f"{prefix}/{k}": v for k, v in metrics.items()})
     return rec
 
 
 def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
              run_dir: Optional[Path] = None, protocols: Optional[list[str]] = None,
-             tracker: Optional[Tracker] = None, quiet: bool = False,
+             quiet: bool = False,
              pretrain_info: Optional[dict] = None, suite: Optional[str] = None
              ) -> list[dict[str, Any]]:
     """Evaluate a pretrained run (``kind="run"``) or a baseline (``sslbench.eval.kinds``) with
@@ -468,8 +462,7 @@ def evaluate(cfg: DictConfig, recipe: dict[str, Any], kind: str = "run",
               if any(p.frozen_features for p in todo) else None)
     share = (time.perf_counter() - t0) / max(1, sum(p.frozen_features for p in todo))
     ev = _Evaluation(cfg, recipe, subject, run_dir, layer,
-                     dataset_identity(cfg.data.name, splits), suite, share, tracker,
-                     provenance(device))
+                     dataset_identity(cfg.data.name, splits), suite, share, provenance(device))
     records = []
     for fraction in cfg.eval.label_fractions:
         for eval_seed in cfg.eval.seeds:
@@ -521,8 +514,10 @@ def _log_eval_runs(cfg: DictConfig, recipe: dict[str, Any], kind: str, run_dir: 
     first = records[0]
     run_id = run_dir.name if run_dir is not None else None
     who = run_id or f"{recipe.get('name') or 'adhoc'}-{first['method']}-s{cfg.train.seed}"
+    in_pretrain_run: dict[str, float] = {}
     for protocol in dict.fromkeys(r["protocol"] for r in records):
         recs = [r for r in records if r["protocol"] == protocol]
+        in_pretrain_run.update(_full_label_means(recs, f"eval/{protocol}/"))
         config = {**wandb_config(cfg, recipe), "method": first["method"],
                   "backbone": first["backbone"], "protocol": protocol, "kind": kind,
                   "pretrain_run": run_id,
@@ -550,9 +545,7 @@ def _log_eval_runs(cfg: DictConfig, recipe: dict[str, Any], kind: str, run_dir: 
         # pretrained backbone holds its loss curve and its accuracies
         tracker = _pretrain_tracker(cfg, recipe, run_dir, metrics=False)
         try:
-            for protocol in dict.fromkeys(r["protocol"] for r in records):
-                tracker.summary(_full_label_means(
-                    [r for r in records if r["protocol"] == protocol], f"eval/{protocol}/"))
+            tracker.summary(in_pretrain_run)
         finally:
             tracker.finish()
 
