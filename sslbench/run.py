@@ -37,7 +37,7 @@ from .eval.scoring import eval_set_sizes, uncertainty
 from .leaderboard import write_board, write_record
 from .leaderboard.record import build_record, now_iso, record_stub
 from .ssl import DataSpec, SSLMethod, get_method
-from .tracking import Tracker
+from .tracking import Tracker, loss_curve
 from .utils import atomic_write_json, atomic_write_text, provenance, seed_everything
 from .views import Normalize
 
@@ -265,8 +265,9 @@ def _pretrain(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path,
             raise
         if D.is_main():
             save_backbone(method.eval_backbone(), run_dir / "backbone.safetensors")
+            curve = loss_curve(run_dir / "metrics.jsonl")
             info.update(status="done", pretrain={
-                **asdict(result),
+                **asdict(result), **({"loss_curve": curve} if curve else {}),
                 **({"config_changes": info["config_changes"]} if info.get("config_changes")
                    else {})})
             atomic_write_json(info_path, info)

@@ -120,6 +120,36 @@ class Tracker:
             self.run = None
 
 
+# points a record keeps of the training loss curve (enough for a plot; records stay small)
+LOSS_CURVE_POINTS = 64
+
+
+def loss_curve(metrics_jsonl: str | Path, key: str = "train/loss",
+               points: int = LOSS_CURVE_POINTS) -> list[list[float]] | None:
+    """``[[step, value], ...]`` of ``key`` in a run's ``metrics.jsonl``, thinned to at most
+    ``points`` evenly spaced entries (the first and last kept); None when the file or the key
+    is missing. A resumed run's file holds each step once (the engine truncates it at the
+    resume step), so the curve is the run's own."""
+    try:
+        lines = Path(metrics_jsonl).read_text().splitlines()
+    except OSError:
+        return None
+    curve = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if isinstance(entry.get(key), (int, float)) and isinstance(entry.get("step"), int):
+            curve.append([entry["step"], float(entry[key])])
+    if not curve:
+        return None
+    if len(curve) > points:
+        n = len(curve) - 1
+        curve = [curve[round(i * n / (points - 1))] for i in range(points)]
+    return curve
+
+
 def artifact_name(name: str) -> str:
     """W&B artifact names allow letters, digits, dashes, underscores and dots."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:128] or "artifact"

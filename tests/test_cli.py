@@ -65,6 +65,11 @@ def test_run_main_job_writes_run_records_and_board(tiny_recipe, capsys, tmp_path
     assert 0 <= rec["metrics"]["acc"] <= 1 and "ood_acc" in rec["metrics"]
     assert rec["recipe"]["sha256"] and rec["config"]["method"]["name"] == "simclr"
     assert rec["provenance"]["torch"] and rec["pretrain"]["steps"] == 6
+    # the record keeps the run's loss curve, as logged to metrics.jsonl
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rec["pretrain"]["loss_curve"] == [[m["step"], m["train/loss"]] for m in logged
+                                             if "train/loss" in m]
+    assert rec["pretrain"]["loss_curve"][-1][0] == 6
     assert rec["protocol_settings"]["chosen_C"] in (0.1, 1.0)
     board = Path("lb/LEADERBOARD.md").read_text()
     assert "| simclr | test_resnet | tiny |" in board

@@ -216,3 +216,21 @@ def test_resumed_run_continues_its_wandb_run(tmp_path):
     ids = [r.run.run_id for log in logs for r in read_wandb_log(log)
            if r.WhichOneof("record_type") == "run"]
     assert ids == [run_id, run_id]
+
+
+def test_loss_curve_reads_metrics_and_thins_to_its_points(tmp_path):
+    from sslbench.tracking import loss_curve
+
+    path = tmp_path / "metrics.jsonl"
+    assert loss_curve(path) is None  # no file
+    lines = [json.dumps({"step": s, "train/loss": 10.0 - s / 100, "train/lr": 0.1})
+             for s in range(10, 1010, 10)]
+    # an eval line without the key and a line cut short by a kill are skipped
+    path.write_text("\n".join(lines[:50] + [json.dumps({"step": 500, "eval/acc": 0.5})]
+                              + lines[50:] + ['{"step": 1010, "train/lo']) + "\n")
+    full = loss_curve(path, points=1000)
+    assert full == [[s, 10.0 - s / 100] for s in range(10, 1010, 10)]
+    thin = loss_curve(path, points=7)
+    assert len(thin) == 7 and thin[0] == full[0] and thin[-1] == full[-1]
+    assert [p[0] for p in thin] == sorted({p[0] for p in thin})  # increasing, no repeats
+    assert loss_curve(path, key="train/missing") is None

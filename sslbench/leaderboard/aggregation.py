@@ -253,6 +253,30 @@ def _pretrain_mean(records: list[dict[str, Any]], key: str) -> float | None:
                   and (v := finite(r["pretrain"].get(key))) is not None])
 
 
+def _mean_loss_curve(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The training loss curve averaged over the pretraining runs of ``records`` (each run
+    once, however many records it has): ``{"steps": [...], "mean": [...], "min": [...],
+    "max": [...], "runs": n}`` at the steps every run logged; None when no record carries a
+    curve (baselines, records written before curves were kept)."""
+    curves: dict[str, dict[int, float]] = {}
+    for r in records:
+        curve = (r.get("pretrain") or {}).get("loss_curve") if isinstance(
+            r.get("pretrain"), dict) else None
+        if isinstance(curve, list) and curve:
+            points = {int(p[0]): float(p[1]) for p in curve
+                      if isinstance(p, list) and len(p) == 2 and finite(p[1]) is not None}
+            if points:
+                curves.setdefault(str(r.get("run_id") or r["seed"]), points)
+    if not curves:
+        return None
+    steps = sorted(set.intersection(*(set(c) for c in curves.values())))
+    if not steps:
+        return None
+    at = [[c[s] for c in curves.values()] for s in steps]
+    return {"steps": steps, "mean": [sum(v) / len(v) for v in at], "min": [min(v) for v in at],
+            "max": [max(v) for v in at], "runs": len(curves)}
+
+
 def _mean_se(records: list[dict[str, Any]]) -> dict[str, float]:
     """Accuracy metric -> its mean standard error over the records that have a finite one
     (``acc`` from ``acc_se``, ``ood_acc`` from ``ood_acc_se``)."""
@@ -311,6 +335,7 @@ def _row(records: list[dict[str, Any]]) -> dict[str, Any]:
         "pretrain_wall_time_s": _pretrain_mean(records, "wall_time_s"),
         "pretrain_total_flops": _pretrain_mean(records, "total_flops"),
         "pretrain_flops_per_image": _pretrain_mean(records, "flops_per_image"),
+        "loss_curve": _mean_loss_curve(records),
         "eval_wall_time_s": _mean([v for r in records
                                    if (v := finite(r.get("wall_time_s"))) is not None]),
         "run_ids": sorted({str(r["run_id"]) for r in records if r.get("run_id")}),
@@ -335,7 +360,8 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     mean per accuracy is ``mean_se`` (``{"acc": 0.012, ...}``), next to ``eval_sets`` (the
     distinct ``eval_sets`` mappings of the records, evaluation set -> images and groups).
     ``pretrain_wall_time_s``, ``pretrain_total_flops`` and ``pretrain_flops_per_image`` are
-    the means over the records that have a finite value, None when none has one.
+    the means over the records that have a finite value, None when none has one;
+    ``loss_curve`` is the pretraining loss averaged over the row's runs (:func:`_mean_loss_curve`).
 
     Args:
         records: validated result records.

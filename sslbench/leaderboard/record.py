@@ -20,7 +20,8 @@ Schema (``schema_version`` 1)::
       "config": {...},                 # the fully resolved config
       "provenance": {"sslbench_version", "git_commit", "git_dirty", "torch", "timm", "kornia",
                      "numpy", "python", "device"},
-      "pretrain": {"steps": 170, "images_seen": 43520, "wall_time_s": 55.1} | null,
+      "pretrain": {"steps": 170, "images_seen": 43520, "wall_time_s": 55.1,
+                   "loss_curve": [[20, 4.2], [40, 3.8], ...]} | null,  # curve: <= 64 points
       "wall_time_s": 3.2,              # this protocol's evaluation time
       "created": "2026-11-23T12:00:00+00:00"
     }
