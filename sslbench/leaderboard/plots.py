@@ -456,9 +456,36 @@ def _panel(group: list[dict[str, Any]], colors: dict[str, str], where: str) -> s
     return out
 
 
+def _dataset_figures(rows: list[dict[str, Any]], where: str) -> str:
+    """A dataset's figures across protocols: pretraining loss curves and LP vs FT vs LP-FT."""
+    from .curves import loss_plot, protocol_plot  # drawn with this module's primitives
+
+    figs = []
+    loss = loss_plot(rows, f"Pretraining loss per method and backbone, {where}")
+    if loss:
+        figs.append(
+            f"<figure>{loss}<figcaption><b>Pretraining loss</b> — {esc(where)}. "
+            f"Line: mean over the pretraining runs (seeds) at each logged step; band: lowest "
+            f"to highest run. Each panel has its own y axis (losses of different methods are "
+            f"not on one scale).</figcaption></figure>")
+    proto = protocol_plot(rows, f"Linear probe vs fine-tuning vs LP-FT, {where}")
+    if proto:
+        figs.append(
+            f"<figure>{proto}<figcaption><b>Linear probe vs fine-tuning vs LP-FT</b> — "
+            f"{esc(where)}, all labels. Bars: in-distribution top-1 (mean over seeds, 95% CI "
+            f"whiskers); hollow marks: OOD top-1. Per protocol the row with the most seeds."
+            f"</figcaption></figure>")
+    return f"<div class=\"plots\">{''.join(figs)}</div>" if figs else ""
+
+
 def plots_section(rows: list[dict[str, Any]]) -> str:
-    """The page's plots of the measured rows: one panel per dataset, protocol, label fraction
-    and settings variant (colours per backbone over all ``rows``)."""
+    """The page's plots of the measured rows. Per dataset: the pretraining loss curves and the
+    LP vs FT vs LP-FT comparison; then per protocol and settings the panel of its full-label rows
+    (:func:`_panel`) and, where a subject was measured at >= 2 label fractions, top-1 against
+    the fraction (which replaces the panels of the single fractions below 1). Colours per
+    backbone over all ``rows``."""
+    from .curves import fraction_plot, settings_label
+
     colors = backbone_colors(rows)
     measured = [r for r in rows if r.get("kind", "measured") != "reported" and top1(r)]
     if not measured:
@@ -467,21 +494,36 @@ def plots_section(rows: list[dict[str, Any]]) -> str:
     for r in measured:
         settings = without_fraction(r["protocol_settings"])
         groups[(r["dataset"], r["protocol"], label_fraction(r), canonical(settings))].append(r)
-    n_variants: dict[tuple[str, str, float], int] = defaultdict(int)
-    for d, p, f, _ in groups:
-        n_variants[(d, p, f)] += 1
+    siblings: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
+    for (d, p, f, _), members in groups.items():
+        siblings[(d, p, f)].append(members[0]["protocol_settings"])
     out = _missing_notes(measured)
-    keys = sorted(groups, key=lambda k: (k[0], protocol_sort_key(k[1]), -k[2], k[3]))
-    dataset = None
-    variant_no: dict[tuple[str, str, float], int] = defaultdict(int)
+    keys = sorted(groups, key=lambda k: (k[0], protocol_sort_key(k[1]), k[3], -k[2]))
+    dataset, curve_done = None, set()
     for key in keys:
         d, p, f, settings = key
         if d != dataset:
             out.append(f"<h3>{esc(d)}</h3>")
+            out.append(_dataset_figures([r for r in measured if r["dataset"] == d], d))
             dataset = d
+        variant = ""
+        if len(siblings[(d, p, f)]) > 1:
+            variant = settings_label(groups[key][0]["protocol_settings"], siblings[(d, p, f)])
+        same = [r for (d2, p2, _, s2), rs in groups.items() if (d2, p2, s2) == (d, p, settings)
+                for r in rs]
+        where = f"{d} · {p}" + (f" · {variant}" if variant else "")
+        curve = fraction_plot(same, f"Top-1 vs label fraction, {where}")
+        if curve and (d, p, settings) not in curve_done:
+            curve_done.add((d, p, settings))
+            out.append(f"<h4>{esc(p)} · label fractions{esc(f' · {variant}' if variant else '')}"
+                       f'</h4><div class="plots"><figure>{curve}<figcaption><b>Top-1 vs label '
+                       f"fraction</b> — {esc(where)}. Each line one method × backbone measured at "
+                       f"two or more fractions of the labelled training set; whiskers: 95% CI. "
+                       f"The full-label results are also in the panel below; the others only "
+                       f"here and in the table.</figcaption></figure></div>")
+        if f != 1.0 and curve:
+            continue
         title = p + (f" · {fraction_text(f)} labels" if f != 1.0 else "")
-        if n_variants[(d, p, f)] > 1:
-            variant_no[(d, p, f)] += 1
-            title += f" · settings variant {variant_no[(d, p, f)]}"
+        title += f" · {variant}" if variant else ""
         out.append(f"<h4>{esc(title)}</h4>{_panel(groups[key], colors, f'{d} · {title}')}")
     return "".join(out)
