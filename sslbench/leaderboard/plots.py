@@ -49,10 +49,11 @@ def _x_axis(x0: float, width: float, top: float, bottom: float, title: str,
         x = x0 + pos * width
         out.append(f'<line x1="{_num(x)}" y1="{_num(top)}" x2="{_num(x)}" y2="{_num(bottom)}" '
                    f'stroke="#e5e8eb" stroke-width="1"/>')
-        out.append(_text(x, bottom + 10, label, "middle", 10, "#59636e"))
+        # 13 px down: clear of the lowest tick label of a y axis ending at ``bottom``
+        out.append(_text(x, bottom + 13, label, "middle", 10, "#59636e"))
     out.append(f'<line x1="{_num(x0)}" y1="{_num(bottom)}" x2="{_num(x0 + width)}" '
                f'y2="{_num(bottom)}" stroke="#afb8c1" stroke-width="1"/>')
-    out.append(_text(x0 + width / 2, bottom + 26, title, "middle", 11, "#59636e"))
+    out.append(_text(x0 + width / 2, bottom + 28, title, "middle", 11, "#59636e"))
     return out
 
 
@@ -261,7 +262,8 @@ def _time_scale(times: list[float]) -> tuple[Any, list[tuple[float, str]], bool]
 
 # (x position in [0, 1], tick labels) of a cost axis, and its title
 _Axis = tuple[Callable[[float], float], list[tuple[float, str]], str]
-_LABEL_STEP = 12  # px a point's label moves down per overlap
+# px a point's label moves down per overlap: more than the height of an 11 px line of text
+_LABEL_STEP = 14
 
 
 def _acc_axis(accs: list[dict[str, Any]], x0: float, width: float, top: float,
@@ -288,18 +290,28 @@ def _acc_axis(accs: list[dict[str, Any]], x0: float, width: float, top: float,
     return yp, (a_min, a_max), body
 
 
-def _label(row: dict[str, Any], cx: float, cy: float, max_x: float,
-           placed: list[tuple[float, float, float]]) -> list[str]:
+def _text_width(text: str, size: float = 11) -> float:
+    """A generous width estimate of ``text`` in a sans-serif font of ``size`` px (wide letters
+    counted wider), so that labels placed apart by it do not touch when drawn."""
+    return size / 11 * (sum(9.6 if ch in "mwMW@%" else 6.4 for ch in text) + 2)
+
+
+def _label(row: dict[str, Any], cx: float, cy: float, max_x: float, top: float,
+           bottom: float, placed: list[tuple[float, float, float]]) -> list[str]:
     """A point's label (its method, short): right of the point, or left of it where it would
-    leave the plot, moved down until it covers nothing in ``placed`` (points and the labels
-    placed so far; it joins them), with a leader line when moved."""
+    leave the plot, at the nearest height (the point's, then one step down, one up, two down,
+    ...) where it covers nothing in ``placed`` (points, tick labels and the labels placed so
+    far; it joins them) and stays between ``top`` and ``bottom``; a leader line when moved."""
     text = short(row["method"], 22)
-    w = 6.4 * len(text)
+    w = _text_width(text)
     right = cx + 9 + w <= max_x
     x1 = cx + 9 if right else cx - 9 - w
-    x2, ly = x1 + w, cy
-    while any(a < x2 and x1 < b and abs(ly - y) < _LABEL_STEP for a, b, y in placed):
-        ly += _LABEL_STEP
+    x2 = x1 + w
+    free = lambda y: not any(a < x2 and x1 < b and abs(y - py) < _LABEL_STEP  # noqa: E731
+                             for a, b, py in placed)
+    heights = [cy + k * _LABEL_STEP * sign for k in range(60) for sign in (1, -1)][1:]
+    inside = [y for y in heights if top + 6 <= y <= bottom - 6]
+    ly = next((y for y in inside if free(y)), next(y for y in heights if free(y)))
     placed.append((x1, x2, ly))
     out = []
     if ly != cy:
@@ -328,6 +340,8 @@ def _scatter(rows: list[dict[str, Any]], xs: list[float], axis: _Axis, colors: d
     spots = [(x0 + pos(x) * width, yp(acc["mean"])) for _, acc, x, _ in ordered]
     # (x1, x2, y) of what a label must not cover: every point, then each label placed
     placed = [(cx - 5.5, cx + 5.5, cy) for cx, cy in spots]
+    placed += [(x0 + p * width - _text_width(t, 10) / 2, x0 + p * width + _text_width(t, 10) / 2,
+                bottom + 13) for p, t in ticks]
     points, labels = [], []
     for (row, acc, _, tip), (cx, cy) in zip(ordered, spots):
         color = colors[row["backbone"]]
@@ -338,7 +352,7 @@ def _scatter(rows: list[dict[str, Any]], xs: list[float], axis: _Axis, colors: d
                           f'stroke-width="1.4"/>')
         points.append(f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="5.5" fill="{color}" '
                       f'stroke="#ffffff" stroke-width="1.5"><title>{esc(tip)}</title></circle>')
-        labels += _label(row, cx, cy, W - 4, placed)
+        labels += _label(row, cx, cy, W - 4, top, bottom, placed)
     return _svg(W, max(H, max(y for _, _, y in placed) + 50), legend + body + points + labels,
                 label)
 
