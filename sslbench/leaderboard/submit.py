@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import BOARD_DIR
 from ..errors import UserError
+from ..identity import config_diff, describe_diff
 from ..utils import atomic_write
 from .compare import results_dir, row_key
 from .record import record_path
@@ -24,6 +25,9 @@ class Plan:
 
     copies: list[tuple[Path, Path, str]] = field(default_factory=list)  # added|replaced|unchanged
     removals: list[tuple[Path, Path, str]] = field(default_factory=list)  # (old, new, why)
+    # board records of a submitted row made under another design, whose seeds the submission
+    # does not fill: (old, why). A row holds one design, so they leave the board.
+    retired: list[tuple[Path, str]] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(s == status for _, _, s in self.copies)
@@ -80,6 +84,21 @@ def _why_replaced(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "same identity, new run"
 
 
+def other_design(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why board record ``old`` of a row comes from another design than the submitted record
+    ``new`` of that row (None when only the seeds differ): a legacy v1 record, another config
+    in any key that can change a number but the pretraining seed, or another dataset identity
+    (its content or the evaluation sets built from it)."""
+    if old.get("schema_version") != 2 or not isinstance(old.get("identity"), dict):
+        return "legacy v1 record"
+    diff = config_diff(old.get("config") or {}, new.get("config") or {}, ignore=("train.seed",))
+    if diff:
+        return f"other config: {describe_diff(diff, limit=2)}"
+    if old["identity"].get("dataset") != (new.get("identity") or {}).get("dataset"):
+        return "other dataset identity"
+    return None
+
+
 def plan_submission(src: str | Path, to: str | Path) -> Plan:
     """Check every record of board ``src`` and work out the copies into board ``to``.
 
@@ -126,6 +145,14 @@ def plan_submission(src: str | Path, to: str | Path) -> Plan:
         if stale and status == "unchanged":
             status = "replaced"
         plan.copies.append((path, dest, status))
+    gone = {old for old, _, _ in plan.removals} | {dest for _, dest, _ in plan.copies}
+    submitted: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for _, rec in source:
+        submitted.setdefault(row_key(rec), rec)
+    for p, r in existing:
+        new = submitted.get(row_key(r))
+        if new is not None and p not in gone and (why := other_design(r, new)):
+            plan.retired.append((p, why))
     return plan
 
 
@@ -148,22 +175,25 @@ def submit(src: str | Path, to: str | Path = BOARD_DIR, dry_run: bool = False,
     verb = "would replace" if dry_run else "replaced"
     lines = [f"{verb} {old} ({why})" + ("" if old == new else f" with {new.name}")
              for old, new, why in plan.removals]
+    lines += [f"{'would retire' if dry_run else 'retired'} {old} ({why}; its row is "
+              f"now the submitted design)" for old, why in plan.retired]
     if dry_run:
         lines += [f"would add {dest}" for _, dest, s in plan.copies if s == "added"]
-    changed = any(s != "unchanged" for _, _, s in plan.copies)
+    changed = any(s != "unchanged" for _, _, s in plan.copies) or bool(plan.retired)
     if not dry_run and changed:
         for source, dest, status in plan.copies:
             if status != "unchanged":
                 _copy(source, dest)
         written = {dest for _, dest, _ in plan.copies}
-        for old, _, _ in plan.removals:
+        for old in [o for o, _, _ in plan.removals] + [o for o, _ in plan.retired]:
             if old not in written:
                 old.unlink(missing_ok=True)
         from .render import write_board
 
         write_board(to, html=True)
     counts = (f"{plan.count('added')} added, {plan.count('replaced')} replaced, "
-              f"{plan.count('unchanged')} unchanged")
+              f"{plan.count('unchanged')} unchanged"
+              + (f", {len(plan.retired)} retired" if plan.retired else ""))
     if dry_run:
         lines.append(f"dry run, nothing written: {src} -> {to}: {counts}")
     else:

@@ -169,10 +169,44 @@ def test_new_identity_supersedes_the_old_one(boards, capsys, tmp_path):
     new = record_path(dest / "results", rec)
     assert code == 0 and new != old
     assert f"replaced {old} (different identity) with {new.name}" in out
+    # seed 0 of the row, made with the old lr, leaves too: a row holds one design
+    seed0 = record_path(dest / "results", v2(seed=0, metrics={"acc": 0.5}))
+    assert (f"retired {seed0} (other config: optim.lr: 0.1 -> 0.2; its row is now the "
+            f"submitted design)") in out
     assert out.strip().splitlines()[-1].startswith(
-        f"submitted {newer} -> {dest}: 0 added, 1 replaced, 0 unchanged")
-    assert not old.exists() and json.loads(new.read_text()) == rec
-    assert "65.0 ± 190.6" in (dest / "LEADERBOARD.md").read_text()
+        f"submitted {newer} -> {dest}: 0 added, 1 replaced, 0 unchanged, 1 retired")
+    assert not old.exists() and not seed0.exists() and json.loads(new.read_text()) == rec
+    board = (dest / "LEADERBOARD.md").read_text()
+    simclr = [line for line in board.splitlines() if line.startswith("| simclr |")]
+    assert simclr[0].startswith("| simclr | resnet18 | quickstart | **80.0** | 40.0 | 1 |")
+    assert "65.0" not in board  # seed 0 of the old lr is no longer averaged in
+
+
+def test_fewer_seeds_of_a_new_design_retire_the_old_design_in_their_rows(tmp_path, capsys):
+    """Seeds 0-1 of a new design over a row of three legacy seeds: seeds 0-1 are replaced,
+    seed 2 (legacy, unfilled) is retired, not averaged with the new design; other rows and
+    records of the new design's own other seeds stay."""
+    dest, src = tmp_path / "committed", tmp_path / "runs" / "suite"
+    for seed in (0, 1, 2):
+        write_record(dest / "results", make_record(seed=seed, metrics={"acc": 0.9}))
+    other_row = write_record(dest / "results", make_record(method="mae", seed=2))
+    for seed in (0, 1):
+        write_record(src / "results", v2(seed=seed, metrics={"acc": 0.5}))
+    code, out, _ = submit(capsys, str(src), "--to", str(dest), "--dry-run")
+    assert code == 0 and "would retire" in out and "1 retired" in out
+    code, out, _ = submit(capsys, str(src), "--to", str(dest))
+    legacy2 = record_path(dest / "results", make_record(seed=2))
+    assert code == 0 and f"retired {legacy2} (legacy v1 record;" in out
+    assert "0 added, 2 replaced, 0 unchanged, 1 retired" in out
+    assert not legacy2.exists() and other_row.exists()
+    left = [json.loads(p.read_text()) for p in (dest / "results").rglob("*.json")]
+    assert sorted((r["method"], r["seed"], r["schema_version"]) for r in left) == [
+        ("mae", 2, 1), ("simclr", 0, 2), ("simclr", 1, 2)]
+    # a later seed of the same design joins its row and retires nothing
+    more = tmp_path / "runs" / "more"
+    write_record(more / "results", v2(seed=2, metrics={"acc": 0.55}))
+    code, out, _ = submit(capsys, str(more), "--to", str(dest))
+    assert code == 0 and "retired" not in out and "1 added, 0 replaced" in out
 
 
 def test_same_identity_new_run_replaces_the_file(boards, capsys, tmp_path):
