@@ -496,23 +496,30 @@ def _valid_keys(schema: Any, path: list[str]) -> list[str]:
     return []
 
 
-def _friendly(err: OmegaConfBaseException, schema: Any, where: str) -> UserError:
+def _friendly(err: OmegaConfBaseException, schema: Any, where: str,
+              key_prefix: str = "") -> UserError:
+    """One line for a merge error; keys are shown under ``key_prefix`` (``method.`` for a
+    method's own config, which is merged on its own)."""
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
     msg = getattr(err, "msg", str(err)).splitlines()[0]
     if isinstance(err, ConfigKeyError) or "not in struct" in msg or "Key '" in msg and "not" in msg:
         parts = str(key).split(".")
-        valid = _valid_keys(schema, parts[:-1])
-        return UserError(f"{where}: unknown key '{key}'{did_you_mean(parts[-1], valid)}")
+        # matched on the last part, suggested as the full dotted key (to paste back as key=value)
+        prefix = key_prefix + ".".join(parts[:-1] + [""])
+        hint = did_you_mean(parts[-1], _valid_keys(schema, parts[:-1]))
+        hint = hint.replace(" (did you mean '", f" (did you mean '{prefix}", 1)
+        return UserError(f"{where}: unknown key '{key_prefix}{key}'{hint}")
     if isinstance(err, ValidationError):
-        return UserError(f"{where}: bad value for '{key}': {msg}")
-    return UserError(f"{where}: {msg} (key '{key}')")
+        return UserError(f"{where}: bad value for '{key_prefix}{key}': {msg}")
+    return UserError(f"{where}: {msg} (key '{key_prefix}{key}')")
 
 
-def merge_source(base: DictConfig, other: Any, schema: Any, where: str) -> DictConfig:
+def merge_source(base: DictConfig, other: Any, schema: Any, where: str,
+                 key_prefix: str = "") -> DictConfig:
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise _friendly(e, schema, where) from None
+        raise _friendly(e, schema, where, key_prefix) from None
 
 
 def domain_problems(node: Any, cls: type, prefix: str = ""

@@ -76,7 +76,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
     mcfg = mschema
     for m, where in method_parts:
         m = {k: v for k, v in m.items() if k != "name"}
-        mcfg = merge_source(mcfg, m, method_cls.Config(), f"{where} (method '{name}')")
+        mcfg = merge_source(mcfg, m, method_cls.Config(), f"{where} (method '{name}')",
+                            key_prefix="method.")
     check_domains(cfg, mcfg, method_cls, origins, str(path) if path is not None else "config")
     OmegaConf.set_struct(cfg, False)
     cfg.method = OmegaConf.merge({"name": name}, mcfg)

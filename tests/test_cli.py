@@ -23,7 +23,7 @@ def _err_line(capsys) -> str:
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    (["train.batchsize=8"], "did you mean 'batch_size'"),
+    (["train.batchsize=8"], "did you mean 'train.batch_size'"),
     (["train.max_steps=many"], "train.max_steps"),
     (["data.name=imagefolder", "data.path=/nonexistent/data"], "/nonexistent/data"),
     (["method.name=simclear"], "unknown method 'simclear'"),

@@ -31,9 +31,9 @@ def test_parse_overrides_values():
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    (["train.batchsize=3"], "did you mean 'batch_size'"),
-    (["optim.lrr=0.1"], "did you mean 'lr'"),
-    (["method.temprature=0.1"], "did you mean 'temperature'"),
+    (["train.batchsize=3"], "did you mean 'train.batch_size'"),
+    (["optim.lrr=0.1"], "did you mean 'optim.lr'"),
+    (["method.temprature=0.1"], "did you mean 'method.temperature'"),
     (["trian.epochs=1"], "did you mean 'train'"),
     (["train.max_steps=abc"], "max_steps"),
     (["method.proj_dim=[1,2]"], "proj_dim"),
