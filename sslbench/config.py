@@ -367,6 +367,10 @@ class LinearConfig:
     # stops here unconverged is flagged in its record (sslbench/eval/linear.py: convergence)
     max_iter: int = checked(POS_INT, 1000)
     refit_on_train_and_val: bool = True
+    # while the chosen C is an end of the searched values and beats its neighbour on
+    # validation, fit up to this many more values beyond that end (the grid's ratio there):
+    # a probe tuned at the edge of its grid under-reports (sslbench/eval/linear.py)
+    extend_grid: int = checked(NONNEG_INT, 2)
 
 
 @dataclass

@@ -180,7 +180,7 @@ def test_no_protocol_modifies_the_backbone_weights_or_bn_buffers(tmp_path):
     assert bb.training  # extraction restores the training flag
     ft = run_finetune(bb, 4, train, fit, val, {"test": test}, NORM, _ft_cfg(steps=2), 0, CPU,
                       512)[0]
-    lin = SimpleNamespace(c_grid=[1.0], max_iter=20)
+    lin = SimpleNamespace(c_grid=[1.0], max_iter=20, extend_grid=2)
     lp = run_lpft(bb, 4, train, fit, val, {"test": test}, NORM, feats, lin,
                   _ft_cfg(LPFTConfig, steps=2, bn_eval=False), 0, CPU, 512)[0]
     _assert_bit_identical(before, bb)  # fine-tuning trains a copy

@@ -160,3 +160,52 @@ def test_record_without_convergence_information_is_valid_and_not_warned(tmp_path
     legacy = {"solver": "lbfgs", "c_grid": GRID, "chosen_C": 0.1, "max_iter": 100}
     write_record(board / "results", make_record(protocol_settings=legacy))
     assert validate_dir(board) == [] and validate_warnings(board) == []
+
+
+# ----------------------------------------------------------------------------- grid extension
+
+
+def test_winning_edge_rules():
+    from sslbench.eval.linear import _winning_edge
+
+    assert _winning_edge({0.01: 0.5, 0.1: 0.6, 1.0: 0.7}) == (1.0, 10.0)  # top end wins
+    assert _winning_edge({0.01: 0.7, 0.1: 0.6, 1.0: 0.5}) == (0.01, 0.001)  # bottom end wins
+    assert _winning_edge({0.01: 0.5, 0.1: 0.7, 1.0: 0.6}) is None  # interior optimum
+    assert _winning_edge({0.01: 0.5, 0.1: 0.7, 1.0: 0.7}) is None  # a tie at the end: not binding
+    assert _winning_edge({1.0: 0.7}) is None
+    assert _winning_edge({1.0: 0.5, 3.0: 0.6}) == (3.0, 9.0)  # the grid's own ratio
+
+
+@pytest.mark.parametrize("grid, extend, searched, chosen", [
+    ([1e-4, 1e-3], 0, [1e-4, 1e-3], 1e-3),           # no extension: the grid's edge
+    ([1e-4, 1e-3], 2, [1e-4, 1e-3, 1e-2, 1e-1], 1e-1),  # grows while the edge wins, 2 at most
+    ([1e-3, 1e-2], 5, [1e-3, 1e-2, 1e-1, 1.0, 10.0], 1.0),  # stops at an interior optimum
+    ([10.0, 100.0], 2, [10.0, 100.0], 10.0),         # an edge that only ties is not extended
+])
+def test_grid_extends_while_its_edge_wins(feats, grid, extend, searched, chosen):
+    metrics, settings = run_linear(feats, 4, grid, MAX_ITER, extend=extend)
+    assert settings["c_grid"] == grid and settings["extend_grid"] == extend
+    assert settings["chosen_c_searched"] == searched and settings["chosen_C"] == chosen
+    val = settings["chosen_val_acc_by_C"]
+    assert list(val) == [f"{c:g}" for c in searched]
+    assert metrics["val_acc"] == max(val.values())
+    assert settings["chosen_converged"] and len(settings["chosen_iterations_by_C"]) == len(searched)
+
+
+def test_edge_note_names_the_searched_values():
+    from sslbench.eval import grid_edge
+
+    settings = {"c_grid": [1e-4, 1e-3], "chosen_c_searched": [1e-4, 1e-3, 1e-2, 1e-1],
+                "chosen_C": 0.1, "chosen_val_acc_by_C": {"0.01": 0.72, "0.1": 0.77}}
+    assert grid_edge(settings) == (
+        "C 0.1 is the largest of the searched values [0.0001, 0.001, 0.01, 0.1]: extend the grid "
+        "upwards; or raise eval.linear.extend_grid")
+    assert grid_edge({**settings, "chosen_C": 0.01}) is None  # interior of what was searched
+
+
+def test_extended_values_are_per_run_not_settings():
+    # rows group on the grid and extend_grid, not on the values each run searched
+    a = comparable_settings({"c_grid": [1.0], "extend_grid": 2, "chosen_c_searched": [1.0]})
+    b = comparable_settings({"c_grid": [1.0], "extend_grid": 2,
+                             "chosen_c_searched": [1.0, 10.0]})
+    assert a == b == {"c_grid": [1.0], "extend_grid": 2, "label_fraction": 1.0}

@@ -22,7 +22,9 @@ def grid_edge(settings: dict[str, Any]) -> Optional[str]:
     for grid_key, chosen_key, val_key, what in _GRIDS:
         if grid_key not in settings or chosen_key not in settings:
             continue
-        grid = sorted(float(v) for v in settings[grid_key])
+        # the values actually searched where the protocol grew its grid (linear: extend_grid)
+        searched = settings.get("chosen_c_searched") if grid_key == "c_grid" else None
+        grid = sorted(float(v) for v in (searched or settings[grid_key]))
         chosen = float(settings[chosen_key])
         val = settings.get(val_key) or {}
         if len(grid) < 2 or chosen not in (grid[0], grid[-1]):
@@ -32,7 +34,9 @@ def grid_edge(settings: dict[str, Any]) -> Optional[str]:
         a, b = val.get(f"{chosen:g}"), val.get(f"{inner:g}")
         if a is None or b is None or a <= b:  # a tie with the neighbour: the grid is not binding
             return None
-        return (f"{what} {chosen:g} is the {'smallest' if lowest else 'largest'} of {grid_key} "
+        name = "the searched values" if searched else grid_key
+        fix = "; or raise eval.linear.extend_grid" if searched else ""
+        return (f"{what} {chosen:g} is the {'smallest' if lowest else 'largest'} of {name} "
                 f"[{', '.join(f'{v:g}' for v in grid)}]: extend the grid "
-                f"{'downwards' if lowest else 'upwards'}")
+                f"{'downwards' if lowest else 'upwards'}{fix}")
     return None

@@ -138,15 +138,49 @@ def fit_logreg(x: Tensor, y: Tensor, num_classes: int, c: float, max_iter: int, 
 
 
 def fit_path(x: Tensor, y: Tensor, num_classes: int, c_grid: Sequence[float], max_iter: int,
-             tol: float) -> dict[float, LogRegFit]:
+             tol: float, basis: Optional[Basis] = None) -> dict[float, LogRegFit]:
     """One fit per C in ascending order (strongest regularisation first), each warm-started
     from the previous C's solution."""
     fits: dict[float, LogRegFit] = {}
-    init, basis = None, second_moment_basis(x)
+    init, basis = None, basis if basis is not None else second_moment_basis(x)
     for c in sorted(c_grid):
         fits[c] = fit_logreg(x, y, num_classes, c, max_iter, tol, init, basis)
         init = (fits[c].w, fits[c].b)
     return fits
+
+
+def _choose(val_acc: dict[float, float]) -> float:
+    """The C of the best validation accuracy; ties go to the stronger regularisation."""
+    return max(sorted(val_acc), key=lambda c: (val_acc[c], -c))
+
+
+def _winning_edge(val_acc: dict[float, float]) -> Optional[tuple[float, float]]:
+    """``(edge C, next C beyond it)`` when the chosen C is an end of the searched values and
+    strictly beats its inner neighbour (the optimum may lie beyond), else None. The step beyond
+    repeats the grid's ratio at that end."""
+    cs, best = sorted(val_acc), _choose(val_acc)
+    if len(cs) < 2 or best not in (cs[0], cs[-1]):
+        return None
+    inner = cs[1] if best == cs[0] else cs[-2]
+    if val_acc[best] <= val_acc[inner]:
+        return None
+    return best, float(f"{best * best / inner:.12g}")  # 0.01, not 0.009999999999999998
+
+
+def extend_path(x: Tensor, y: Tensor, xva: Tensor, yva: Tensor, num_classes: int,
+                path: dict[float, LogRegFit], val_acc: dict[float, float], steps: int,
+                max_iter: int, tol: float, basis: Basis) -> int:
+    """Grow the C path beyond an end of the grid while the C at that end wins on validation:
+    at most ``steps`` more values, each warm-started from the edge's fit (``path`` and
+    ``val_acc`` are extended in place). Returns the number of values added."""
+    added = 0
+    while added < steps and (edge := _winning_edge(val_acc)) is not None:
+        c, new = edge
+        start = path[c]
+        path[new] = fit_logreg(x, y, num_classes, new, max_iter, tol, (start.w, start.b), basis)
+        val_acc[new] = accuracy(path[new].w, path[new].b, xva, yva)
+        added += 1
+    return added
 
 
 def standardise(train: Tensor) -> Scale:
@@ -202,10 +236,13 @@ def _convergence_settings(path: dict[float, LogRegFit],
 def run_linear(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, c_grid: Sequence[float],
                max_iter: int, refit: bool = True,
                device: Optional[torch.device] = None, return_head: bool = False,
-               predictions: Optional[dict[str, Tensor]] = None):
+               predictions: Optional[dict[str, Tensor]] = None, extend: int = 0):
     """Choose C on ``feats["val"]``, refit, report accuracy on every other split.
 
-    ``feats`` maps split -> (features, labels) and must hold "train" and "val". Without
+    ``feats`` maps split -> (features, labels) and must hold "train" and "val". While the
+    chosen C is an end of the searched values and beats its neighbour, up to ``extend`` more
+    values beyond that end are fitted (:func:`extend_path`; the record lists every searched C
+    in ``chosen_c_searched``). Without
     ``refit`` the head is the C path's fit of the chosen C. Returns ``(metrics, settings)``,
     plus the final head on un-standardised features ``(W', b')`` in float32 (see
     :func:`unstandardise`) when ``return_head``. The predictions go to ``predictions`` when
@@ -215,10 +252,14 @@ def run_linear(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, c_grid
     f = {k: (x.to(dev, torch.float64), y.to(dev)) for k, (x, y) in feats.items()}
     (xtr, ytr), (xva, yva) = f["train"], f["val"]
     scale = standardise(xtr)
-    path = fit_path((xtr - scale[0]) / scale[1], ytr, num_classes, c_grid, max_iter, TOL)
+    xtr_s = (xtr - scale[0]) / scale[1]
+    basis = second_moment_basis(xtr_s)
+    path = fit_path(xtr_s, ytr, num_classes, c_grid, max_iter, TOL, basis)
     xva_s = (xva - scale[0]) / scale[1]
     val_acc = {c: accuracy(p.w, p.b, xva_s, yva) for c, p in path.items()}
-    best_c = max(sorted(val_acc), key=lambda c: (val_acc[c], -c))  # ties -> stronger reg.
+    added = extend_path(xtr_s, ytr, xva_s, yva, num_classes, path, val_acc, extend, max_iter,
+                        TOL, basis)
+    best_c = _choose(val_acc)
     final, refitted = path[best_c], None
     if refit:
         refitted, scale = _refit(torch.cat([xtr, xva]), torch.cat([ytr, yva]), num_classes,
@@ -230,9 +271,11 @@ def run_linear(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, c_grid
             logits = ((x - scale[0]) / scale[1]) @ final.w.T + final.b
             score(metrics, split, logits.argmax(1), y, predictions)
     settings = {"solver": "lbfgs", "standardise": "per-dimension (train stats)",
-                "c_grid": [float(c) for c in sorted(c_grid)], "chosen_C": float(best_c),
-                "max_iter": max_iter, "tol": TOL, "refit_on_train_and_val": refit,
-                "chosen_val_acc_by_C": {f"{c:g}": a for c, a in val_acc.items()},
+                "c_grid": [float(c) for c in sorted(c_grid)], "extend_grid": int(extend),
+                "chosen_C": float(best_c), "max_iter": max_iter, "tol": TOL,
+                "refit_on_train_and_val": refit,
+                "chosen_c_searched": [float(c) for c in sorted(path)],
+                "chosen_val_acc_by_C": {f"{c:g}": val_acc[c] for c in sorted(val_acc)},
                 **_convergence_settings(path, refitted)}
     if return_head:
         head = unstandardise(final.w, final.b, *scale)
@@ -246,7 +289,7 @@ def linear(ctx: EvalContext) -> Result:
     c = ctx.cfg.eval.linear
     metrics, settings = run_linear(ctx.features(), ctx.num_classes, c.c_grid, c.max_iter,
                                    c.refit_on_train_and_val, ctx.device,
-                                   predictions=ctx.predictions)
+                                   predictions=ctx.predictions, extend=c.extend_grid)
     settings["val_split"] = ctx.val_split
     return metrics, settings
 

@@ -32,7 +32,7 @@ def run_lpft(backbone: Backbone, num_classes: int, train: ImageDataset, fit_idx:
     un-standardised LP head with ``cfg`` = ``EvalConfig.lpft``."""
     _, lp_settings, head = run_linear(feats, num_classes, linear_cfg.c_grid,
                                       linear_cfg.max_iter, refit=False, device=device,
-                                      return_head=True)
+                                      return_head=True, extend=linear_cfg.extend_grid)
     # the stage-1 numbers of the head actually used: with refit=False it is the C path's fit of
     # the chosen C (converged, warm-started along the path)
     lp_metrics = {}
@@ -49,6 +49,7 @@ def run_lpft(backbone: Backbone, num_classes: int, train: ImageDataset, fit_idx:
                                      head_init=head, bn_eval=bool(cfg.bn_eval), log=log,
                                      predictions=predictions)
     settings["lp"] = {"solver": "lbfgs", "c_grid": lp_settings["c_grid"],
+                      "extend_grid": lp_settings["extend_grid"],
                       "max_iter": lp_settings["max_iter"], "refit_on_train_and_val": False,
                       "standardise": "per-dimension, folded into the head (W/σ, b − W·μ/σ)"}
     settings["chosen_lp"] = {"C": lp_settings["chosen_C"], **lp_metrics}
