@@ -257,8 +257,8 @@ def run_linear(feats: dict[str, tuple[Tensor, Tensor]], num_classes: int, c_grid
     path = fit_path(xtr_s, ytr, num_classes, c_grid, max_iter, TOL, basis)
     xva_s = (xva - scale[0]) / scale[1]
     val_acc = {c: accuracy(p.w, p.b, xva_s, yva) for c, p in path.items()}
-    added = extend_path(xtr_s, ytr, xva_s, yva, num_classes, path, val_acc, extend, max_iter,
-                        TOL, basis)
+    extend_path(xtr_s, ytr, xva_s, yva, num_classes, path, val_acc, extend, max_iter,
+                TOL, basis)
     best_c = _choose(val_acc)
     final, refitted = path[best_c], None
     if refit:
