@@ -209,3 +209,42 @@ def test_extended_values_are_per_run_not_settings():
     b = comparable_settings({"c_grid": [1.0], "extend_grid": 2,
                              "chosen_c_searched": [1.0, 10.0]})
     assert a == b == {"c_grid": [1.0], "extend_grid": 2, "label_fraction": 1.0}
+
+
+# ----------------------------------------------------------------------------- wide features
+
+
+def test_wide_features_basis_spans_the_row_space():
+    from sslbench.eval.linear import second_moment_basis
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 80, generator=g, dtype=torch.float64)  # d > n: rank 30
+    values, vectors = second_moment_basis(x)
+    assert vectors.shape == (80, 30) and values.shape == (30,)
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(30, dtype=torch.float64))
+    sigma = x.T @ x / 30
+    torch.testing.assert_close(sigma @ vectors, vectors * values)  # eigenpairs of Σ
+    torch.testing.assert_close(x @ vectors @ vectors.T, x)  # the rows lie in their span
+    square = second_moment_basis(x[:, :20])  # d <= n: every direction
+    assert square[1].shape == (20, 20)
+
+
+def test_wide_features_reach_the_optimum():
+    """More dimensions than images (raw pixels): the fit in the row space reaches the full
+    problem's optimum (scikit-learn's, in all 60 dimensions) at every C."""
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (40,), generator=g)
+    x = torch.randn(40, 60, generator=g, dtype=torch.float64) + torch.randn(
+        3, 60, generator=g, dtype=torch.float64)[y]
+    x = (x - x.mean(0)) / x.std(0)
+    for c in (1e-2, 1.0, 100.0):
+        fit = fit_logreg(x, y, 3, c, MAX_ITER, TOL)
+        w_ref, b_ref = _sklearn_optimum(x, y, c)
+        best = _objective(x, y, w_ref, b_ref, c)
+        assert fit.converged, c
+        # absolute: at C = 100 the data are separated and the objective is ~1e-3; a gradient
+        # of 1e-6 bounds the gap by ~|g|² C n / 2 (strong convexity 1 / (C n)), ~4e-7 here
+        assert _objective(x, y, fit.w, fit.b, c) - best < 1e-7, c
+        if c <= 1:  # at C = 100 the objective is too flat to pin the logits this closely
+            torch.testing.assert_close(_logits(x, fit.w, fit.b), _logits(x, w_ref, b_ref),
+                                       atol=1e-3, rtol=0)

@@ -21,9 +21,12 @@ counts as converged.
 
 Speed. Random-init and pretrained features are strongly correlated, which makes the large-C
 fits ill-conditioned: plain L-BFGS needed up to ~1,000 iterations per C there. L-BFGS therefore
-runs in preconditioned coordinates ``V = W (Σ + λ I)^(1/2)`` (Σ the features' second moment,
-one eigendecomposition per feature matrix; :func:`_preconditioner`): the same objective and
-optimum, reached in under ~120 iterations per C on those features. The C path runs in ascending
+runs in preconditioned coordinates ``U = W V (Λ + λ I)^(1/2)`` (``Σ = V Λ Vᵀ`` the features'
+second moment, one eigendecomposition per feature matrix; :func:`_scale`): the same objective
+and optimum, reached in under ~120 iterations per C on those features. Where features outnumber
+images (raw pixels: 3,072 dimensions on ~1,600 images) ``V`` spans only the row space of the
+features, found from the ``n × n`` Gram matrix (:func:`second_moment_basis`; exact, since the
+optimum lies there), and no ``d × d`` matrix is formed per C. The C path runs in ascending
 C (strongest regularisation first), each fit warm-started from the previous C's solution; the
 refit on train + validation starts from the chosen C's solution, re-expressed for the new
 standardisation. The solve runs in float64: float32's rounding of the objective (~1e-7
@@ -52,7 +55,7 @@ _STALL = 1e-12
 _HISTORY = 20  # L-BFGS memory (pairs of vectors)
 
 Scale = tuple[Tensor, Tensor]  # per-dimension (mean, std) of the standardisation
-Basis = tuple[Tensor, Tensor]  # eigenvalues, eigenvectors of the features' second moment
+Basis = tuple[Tensor, Tensor]  # eigenvalues, eigenvectors (columns) of the features' second moment
 
 
 @dataclass(frozen=True)
@@ -66,20 +69,29 @@ class LogRegFit:
 
 
 def second_moment_basis(x: Tensor) -> Basis:
-    """The eigendecomposition of ``Σ = xᵀx / n``, the preconditioner's basis (one per features,
-    shared by every C)."""
-    values, vectors = torch.linalg.eigh(x.T @ x / x.shape[0])
-    return values.clamp_min(0), vectors
+    """Eigenvalues and orthonormal eigenvectors (columns, ``d × r``) of ``Σ = xᵀx / n`` that
+    span the row space of ``x``: the preconditioner's basis, one per feature matrix, shared by
+    every C. With ``d <= n`` all ``d`` of them (``eigh`` of Σ); with ``d > n`` (raw pixels, wide
+    features on few images) the ``r <= n`` of the row space, from the ``n × n`` Gram matrix at a
+    cost of ``n² d`` instead of ``d³``. Fitting in that span is exact: the L2-regularised optimum
+    lies in the row space of ``x`` (every gradient does), and a fit started there stays there."""
+    n, d = x.shape
+    if d <= n:
+        values, vectors = torch.linalg.eigh(x.T @ x / n)
+        return values.clamp_min(0), vectors
+    values, u = torch.linalg.eigh(x @ x.T / n)
+    keep = values > values.max().clamp_min(1e-300) * 1e-12  # the numerically nonzero ones
+    values, u = values[keep], u[:, keep]
+    return values, (x.T @ u) / (n * values).sqrt()  # Σ v = λ v with v = xᵀu / √(nλ)
 
 
-def _preconditioner(basis: Basis, c: float, n: int, num_classes: int) -> tuple[Tensor, Tensor]:
-    """``(P, P⁻¹)`` with ``P = (Σ + λ I)^(-1/2)``, ``λ = 1 / (s C n)``: the Hessian of ``f`` in
-    ``W`` is about ``s Σ + I / (C n)`` per class, ``s = (K − 1) / K²`` the softmax curvature at
-    uniform predictions, so in ``V = W P⁻¹`` the problem is close to isotropic."""
-    values, vectors = basis
+def _scale(basis: Basis, c: float, n: int, num_classes: int) -> Tensor:
+    """The per-direction scale ``√(λ_i + λ)``, ``λ = 1 / (s C n)``: the Hessian of ``f`` in ``W``
+    is about ``s Σ + I / (C n)`` per class, ``s = (K − 1) / K²`` the softmax curvature at
+    uniform predictions, so in ``U`` with ``W = (U / scale) Vᵀ`` the problem is close to
+    isotropic (``V`` the basis's eigenvectors)."""
     lam = num_classes ** 2 / (max(num_classes - 1, 1) * c * n)
-    root = (values + lam).sqrt()
-    return (vectors / root) @ vectors.T, (vectors * root) @ vectors.T
+    return (basis[0] + lam).sqrt()
 
 
 def _objective(x: Tensor, y: Tensor, w: Tensor, b: Tensor, reg: float) -> Tensor:
@@ -99,42 +111,43 @@ def fit_logreg(x: Tensor, y: Tensor, num_classes: int, c: float, max_iter: int, 
                basis: Optional[Basis] = None) -> LogRegFit:
     """Minimise ``mean CE + ‖W‖² / (2 C n)`` (= sklearn's objective / (C n)); bias unpenalised.
 
-    L-BFGS (strong Wolfe line search) in the preconditioned coordinates ``V = W P⁻¹`` (see
-    :func:`_preconditioner`; ``basis`` from :func:`second_moment_basis`, computed when None)
-    from ``init`` (zeros when None) in ``x``'s dtype, for at most ``max_iter`` iterations and
-    ``2 max_iter`` objective evaluations (line search included); converged when
+    L-BFGS (strong Wolfe line search) in the preconditioned coordinates ``U`` with
+    ``W = (U / scale) Vᵀ`` (see :func:`_scale`; ``basis`` = (λ, V) from
+    :func:`second_moment_basis`, computed when None) from ``init`` (zeros when None; its part
+    outside the span of ``V`` is dropped) in ``x``'s dtype, for at most ``max_iter`` iterations
+    and ``2 max_iter`` objective evaluations (line search included); converged when
     max |∂f/∂(W, b)| <= ``tol``."""
     n, d = x.shape
     if basis is None:
         basis = second_moment_basis(x)
-    if init is None:
-        init = (x.new_zeros(num_classes, d), x.new_zeros(num_classes))
-    p, p_inv = _preconditioner(basis, c, n, num_classes)
-    w0, b0 = init
-    v, b = (w0 @ p_inv).requires_grad_(True), b0.clone().requires_grad_(True)
-    # torch's own test (tolerance_grad) would see the gradient in V: the closure ends the
+    vectors = basis[1]
+    scale = _scale(basis, c, n, num_classes)
+    w0, b0 = init if init is not None else (x.new_zeros(num_classes, d),
+                                            x.new_zeros(num_classes))
+    u, b = ((w0 @ vectors) * scale).requires_grad_(True), b0.clone().requires_grad_(True)
+    # torch's own test (tolerance_grad) would see the gradient in U: the closure ends the
     # solve itself by reporting a zero gradient once the criterion holds in (W, b)
-    opt = torch.optim.LBFGS([v, b], lr=1.0, max_iter=max_iter, max_eval=2 * max_iter,
+    opt = torch.optim.LBFGS([u, b], lr=1.0, max_iter=max_iter, max_eval=2 * max_iter,
                             tolerance_grad=0.0, tolerance_change=_STALL,
                             history_size=_HISTORY, line_search_fn="strong_wolfe")
     reg = 1.0 / (2.0 * c * n)
 
     def closure() -> Tensor:
         opt.zero_grad()
-        w = v @ p
+        w = (u / scale) @ vectors.T
         w.retain_grad()
         loss = _objective(x, y, w, b, reg)
         loss.backward()
         if torch.maximum(w.grad.abs().max(), b.grad.abs().max()) <= tol:
-            v.grad.zero_()
+            u.grad.zero_()
             b.grad.zero_()
         return loss
 
     with torch.enable_grad():
         opt.step(closure)
-    w = (v @ p).detach()
+    w = ((u / scale) @ vectors.T).detach()
     grad = _grad_max(x, y, w, b, reg)
-    return LogRegFit(w, b.detach(), int(opt.state[v]["n_iter"]), grad, grad <= tol)
+    return LogRegFit(w, b.detach(), int(opt.state[u]["n_iter"]), grad, grad <= tol)
 
 
 def fit_path(x: Tensor, y: Tensor, num_classes: int, c_grid: Sequence[float], max_iter: int,
