@@ -13,9 +13,11 @@ reports, after ``--warmup`` steps:
   peak, in the precision the cell trains in),
 - peak memory, and the share of step time spent making views (indexing + augmentation),
 
-and, where a reference exists (SimCLR), the same work through a loop built the way lightly's own
-benchmarks run: its ``SimCLRTransform`` per sample on PIL images in DataLoader workers, its
-``SimCLRProjectionHead`` and ``NTXentLoss``, the same backbone, batch, optimizer and precision.
+and, where a reference exists (SimCLR, DINO: ``REFERENCES``), the same work through a loop built
+the way lightly's own benchmarks and examples run: its transforms (``SimCLRTransform``,
+``DINOTransform`` with the local crops) per sample on PIL images in DataLoader workers, its heads
+and losses (``SimCLRProjectionHead`` + ``NTXentLoss``; ``DINOProjectionHead`` + ``DINOLoss`` with
+an EMA teacher), the same backbone and initialisation, batch, optimizer and precision.
 Ours and the reference alternate ``--rounds`` times; medians are reported with their ratio.
 ``lightly`` is a benchmark-only extra (``pip install -e ".[bench]"``).
 
@@ -129,13 +131,127 @@ def run_ours(cell: str, steps: int, warmup: int, extra: list[str], fig: Figures)
     fig.views_share = statistics.median(times[warmup:]) / step_s
 
 
-def run_reference(cell: str, steps: int, warmup: int, extra: list[str], fig: Figures,
+def _timed_loop(loader: Any, step: Any, device: torch.device, steps: int, warmup: int,
+                batch: int, fig: Figures) -> None:
+    """Run ``step(batch_of_views)`` over ``loader`` for ``warmup + steps`` steps; img/s of the
+    last ``steps`` into ``fig``."""
+    done, t0 = 0, 0.0
+    while done < warmup + steps:
+        for views in loader:
+            if done == warmup:
+                _sync(device)
+                t0 = time.perf_counter()
+            step([v.to(device, non_blocking=True) for v in views])
+            done += 1
+            if done == warmup + steps:
+                break
+    _sync(device)
+    fig.img_per_s.append(steps * batch / (time.perf_counter() - t0))
+
+
+def _pil_loader(transform: Any, n: int, size: int, batch: int, workers: int,
+                device: torch.device) -> Any:
+    """A DataLoader of ``transform`` applied per sample to PIL images (uint8 noise in memory),
+    in ``workers`` processes, as lightly's benchmarks feed their loops."""
+    from torchvision.transforms.functional import to_pil_image
+
+    images = _images(n, size)
+
+    class Pil(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int):
+            return transform(to_pil_image(images[i]))
+
+    return torch.utils.data.DataLoader(Pil(), batch_size=batch, shuffle=True, drop_last=True,
+                                       num_workers=workers, pin_memory=device.type == "cuda",
+                                       persistent_workers=workers > 0)
+
+
+def run_reference_dino(cell: str, steps: int, warmup: int, extra: list[str], fig: Figures,
+                       workers: int) -> None:
+    """DINO the way lightly's example trains it: ``DINOTransform`` per sample (2 global + L
+    local crops) in DataLoader workers, ``DINOProjectionHead`` (its last-layer freezing),
+    ``DINOLoss`` with its centring and teacher-temperature warm-up, an EMA teacher updated by
+    ``update_momentum``, each view through the student on its own; the same backbone and
+    initialisation as ours, the recipe's head sizes, crops, jitter, blur and solarisation,
+    per-parameter gradient clipping and AdamW."""
+    import copy
+
+    from lightly.loss import DINOLoss
+    from lightly.models.modules import DINOProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+    from lightly.transforms import DINOTransform
+
+    cfg = _config(cell, steps, warmup, extra)
+    m = cfg.method
+    device = resolve_device(cfg)
+    precision = resolve_precision(cfg.train.precision, device)
+    size, batch = cfg.data.image_size, cfg.train.batch_size
+    ours = build_method(cfg)
+    student = ours.backbone.to(device)
+    teacher = copy.deepcopy(student)
+    deactivate_requires_grad(teacher)
+    def dino_head(**kw: Any) -> Any:
+        return DINOProjectionHead(student.num_features, m.head_hidden_dim, m.head_bottleneck_dim,
+                                  m.out_dim, batch_norm=m.head_batch_norm,
+                                  norm_last_layer=m.norm_last_layer, **kw).to(device)
+
+    head = dino_head(freeze_last_layer=m.freeze_last_layer)
+    # built, not deep-copied (weight norm's derived weight cannot be), then given its weights,
+    # as lightly's DINO example does
+    teacher_head = dino_head()
+    teacher_head.load_state_dict(head.state_dict())
+    deactivate_requires_grad(teacher_head)
+    criterion = DINOLoss(output_dim=m.out_dim, warmup_teacher_temp=m.warmup_teacher_temp,
+                         teacher_temp=m.teacher_temp,
+                         warmup_teacher_temp_epochs=m.warmup_teacher_temp_epochs,
+                         student_temp=m.student_temp, center_momentum=m.center_momentum
+                         ).to(device)
+    params = list(student.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    jitter = list(m.jitter)
+    transform = DINOTransform(
+        global_crop_size=size,
+        global_crop_scale=tuple(m.global_crop_scale or (0.4, 1.0)),
+        local_crop_size=type(ours).local_size(m, size), local_crop_scale=tuple(m.local_crop_scale),
+        n_local_views=m.num_local_crops, hf_prob=m.flip_p, cj_prob=m.color_p, cj_strength=1.0,
+        cj_bright=jitter[0], cj_contrast=jitter[1], cj_sat=jitter[2], cj_hue=jitter[3],
+        random_gray_scale=m.gray_p,
+        gaussian_blur=(m.global_blur_p[0], m.global_blur_p[1], m.local_blur_p),
+        solarization_prob=m.solarize_p,
+        normalize=dict(mean=list(cfg.data.mean), std=list(cfg.data.std)))
+    loader = _pil_loader(transform, max(4 * batch, 512), size, batch, workers, device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else torch.autocast(device.type, enabled=False))
+
+    def step(views: list[torch.Tensor]) -> None:
+        update_momentum(student, teacher, m.momentum_teacher)
+        update_momentum(head, teacher_head, m.momentum_teacher)
+        with autocast:
+            with torch.no_grad():
+                t_out = [teacher_head(teacher(v)).float() for v in views[:2]]
+            s_out = [head(student(v)).float() for v in views]
+            loss = criterion(t_out, s_out, epoch=0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        head.cancel_last_layer_gradients(current_epoch=0)
+        if m.clip_grad:
+            for p in params:
+                if p.grad is not None:
+                    torch.nn.utils.clip_grad_norm_(p, m.clip_grad)
+        opt.step()
+
+    _timed_loop(loader, step, device, steps, warmup, batch, fig)
+
+
+def run_reference_simclr(cell: str, steps: int, warmup: int, extra: list[str], fig: Figures,
                   workers: int) -> None:
     """SimCLR the way lightly's benchmarks train it (see the module docstring)."""
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
     from lightly.transforms import SimCLRTransform
-    from torchvision.transforms.functional import to_pil_image
 
     cfg = _config(cell, steps, warmup, extra)
     m = cfg.method
@@ -154,38 +270,23 @@ def run_reference(cell: str, steps: int, warmup: int, extra: list[str], fig: Fig
                                 min_scale=m.crop_scale[0], gaussian_blur=m.blur_p,
                                 hf_prob=m.flip_p, normalize=dict(mean=list(cfg.data.mean),
                                                                  std=list(cfg.data.std)))
-    images = _images(max(4 * batch, 512), size)
-
-    class Pil(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(images)
-
-        def __getitem__(self, i: int):
-            return transform(to_pil_image(images[i]))
-
-    loader = torch.utils.data.DataLoader(Pil(), batch_size=batch, shuffle=True, drop_last=True,
-                                         num_workers=workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=workers > 0)
+    loader = _pil_loader(transform, max(4 * batch, 512), size, batch, workers, device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else torch.autocast(device.type, enabled=False))
-    done, t0 = 0, 0.0
-    while done < warmup + steps:
-        for x0, x1 in loader:
-            if done == warmup:
-                _sync(device)
-                t0 = time.perf_counter()
-            x0 = x0.to(device, non_blocking=True)
-            x1 = x1.to(device, non_blocking=True)
-            with autocast:
-                loss = criterion(head(backbone(x0)).float(), head(backbone(x1)).float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done += 1
-            if done == warmup + steps:
-                break
-    _sync(device)
-    fig.img_per_s.append(steps * batch / (time.perf_counter() - t0))
+
+    def step(views: list[torch.Tensor]) -> None:
+        x0, x1 = views
+        with autocast:
+            loss = criterion(head(backbone(x0)).float(), head(backbone(x1)).float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    _timed_loop(loader, step, device, steps, warmup, batch, fig)
+
+
+# the reference loop of each method that has one
+REFERENCES = {"simclr": run_reference_simclr, "dino": run_reference_dino}
 
 
 def device_peak(device: torch.device, precision: str) -> tuple[float, str]:
@@ -247,12 +348,12 @@ def main() -> None:
             sys.exit(f"unknown cell {cell!r}; one of {', '.join(CELLS)}")
         ours = Figures(cell, "sslbench")
         ref = Figures(cell, "reference")
-        reference = (not args.no_reference
-                     and _config(cell, 1, 1, args.overrides).method.name == "simclr")
+        reference = (None if args.no_reference
+                     else REFERENCES.get(_config(cell, 1, 1, args.overrides).method.name))
         for _ in range(args.rounds):
             run_ours(cell, args.steps, args.warmup, extra, ours)
             if reference:
-                run_reference(cell, args.steps, args.warmup, args.overrides, ref, args.workers)
+                reference(cell, args.steps, args.warmup, args.overrides, ref, args.workers)
             print(f"{cell}: ours {ours.img_per_s[-1]:,.0f} img/s"
                   + (f", reference {ref.img_per_s[-1]:,.0f} img/s" if reference else ""),
                   file=sys.stderr, flush=True)
@@ -263,8 +364,9 @@ def main() -> None:
     peak, source = device_peak(device, precision)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"CPU ({torch.get_num_threads()} threads)")
+    shown = f"{peak / 1e12:.1f} TFLOP/s" if peak >= 1e12 else f"{peak / 1e9:.0f} GFLOP/s"
     print(f"# pretraining speed on {where}, {precision}, torch {torch.__version__}; MFU against "
-          f"{peak / 1e12:.1f} TFLOP/s ({source})")
+          f"{shown} ({source})")
     print(table(figs, peak))
     if args.out:
         Path(args.out).write_text(json.dumps({

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one go (issue 13's speed table), about 6-8 minutes on an H100/H200:
 #   OUT=/some/dir bash scripts/gpu_check.sh
-# writes $OUT/device.txt, $OUT/speed.md + speed.json (ours vs the lightly reference loop, MFU,
+# writes $OUT/device.txt, $OUT/speed.md + speed_<cell>.json (ours vs the lightly reference loop, MFU,
 # memory, views share), $OUT/speed_compiled.md (train.compile) and $OUT/tests.txt (the engine's
 # and views' tests on the CUDA paths). Without lightly installed the reference rows are skipped.
 set -uo pipefail
@@ -19,10 +19,15 @@ $PY -c "import lightly" 2>/dev/null || ref="--no-reference"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c \
     "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \
     > "$OUT/device.txt" 2>&1
-timeout 330 $PY benchmarks/pretrain_speed.py \
-    --cells simclr_r18_32,moco_v2_r18_32,simclr_r18_224,dino_vits16_224,mae_vits16_224 \
-    --steps 30 --warmup 10 --rounds 2 $ref --out "$OUT/speed.json" \
-    > "$OUT/speed.md" 2> "$OUT/speed.log"
+# one process per cell, each with its own time limit: a slow cell (the DINO reference loop's
+# per-image multi-crop transforms) costs its own row, not the table
+: > "$OUT/speed.md"
+for cell in simclr_r18_32 moco_v2_r18_32 simclr_r18_224 dino_vits16_224 mae_vits16_224; do
+    timeout 100 $PY benchmarks/pretrain_speed.py --cells $cell --steps 30 --warmup 10 \
+        --rounds 2 $ref --out "$OUT/speed_$cell.json" > "$OUT/speed_$cell.md" \
+        2> "$OUT/speed_$cell.log" || echo "$cell: exit $? (see speed_$cell.log)" >> "$OUT/speed.md"
+    cat "$OUT/speed_$cell.md" >> "$OUT/speed.md"
+done
 timeout 150 $PY benchmarks/pretrain_speed.py --cells simclr_r18_32,mae_vits16_224 --compile \
     --no-reference --steps 30 --warmup 15 --rounds 1 --out "$OUT/speed_compiled.json" \
     > "$OUT/speed_compiled.md" 2> "$OUT/speed_compiled.log"

@@ -35,3 +35,21 @@ def test_pretrain_speed_reference_loop(tmp_path):
     pytest.importorskip("lightly")  # the benchmark-only extra
     figs = {f["loop"]: f for f in _speed(tmp_path)["figures"]}
     assert figs["reference"]["median"] > 0 and figs["sslbench"]["median"] > 0
+
+
+@pytest.mark.slow
+def test_pretrain_speed_dino_reference_loop(tmp_path):
+    """lightly's DINO loop (multi-crop transform, head, loss, EMA teacher) on a tiny ViT."""
+    pytest.importorskip("lightly")
+    out = tmp_path / "dino.json"
+    r = subprocess.run([sys.executable, "benchmarks/pretrain_speed.py", "--cells",
+                        "dino_vits16_224", "--steps", "2", "--warmup", "1", "--rounds", "1",
+                        "--workers", "0", "--out", str(out), "backbone.name=test_vit",
+                        "data.image_size=32", "train.batch_size=8", "method.out_dim=256",
+                        "method.local_crop_size=16", "method.head_hidden_dim=64",
+                        "method.head_bottleneck_dim=32", "train.precision=fp32"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    figs = {f["loop"]: f for f in json.loads(out.read_text())["figures"]}
+    assert figs["reference"]["median"] > 0 and figs["sslbench"]["median"] > 0
+    assert "| dino_vits16_224 | sslbench |" in r.stdout and "x |" in r.stdout  # the ratio
