@@ -47,6 +47,8 @@ from sslbench.run import build_method, resolve_device
 # (recipe, image size, batch, overrides): the speed table of issue 13
 CELLS: dict[str, tuple[str, int, int, list[str]]] = {
     "quickstart": ("recipes/quickstart.yaml", 32, 128, []),
+    # CPU-sized DINO multi-crop (test_vit, 2 x 32 px + 4 x 16 px crops): the CPU's DINO ratio
+    "dino_vit_embedded": ("recipes/embedded/dino_vit.yaml", 32, 128, []),
     "simclr_r18_32": ("recipes/cifar10/simclr_resnet18.yaml", 32, 256, []),
     "moco_v2_r18_32": ("recipes/cifar10/moco_v2_resnet18.yaml", 32, 256, []),
     "dino_vits16_224": ("recipes/imagenet100/dino_vit_small.yaml", 224, 128, []),
