@@ -132,6 +132,10 @@ class GreedyLocal(SSLMethod):
         overlap: bool = False  # False: GIM-style isolated stages; True: LoCo blocks (S_i, S_i+1)
         # key of OBJECTIVES: (z1, z2) -> loss on each stage's head
         objective: str = checked(OneOf(lambda: OBJECTIVES), "nt_xent")
+        # BatchNorm statistics per view (each view through stages and heads on its own, as
+        # SimCLR's default) or over both views in one pass (GIM/LoCo code; today's default here
+        # until the paired ablation SimCLR had is run for greedy)
+        bn_per_view: bool = False
 
     def __init__(self, backbone: Backbone, cfg: Any, data: DataSpec) -> None:
         super().__init__(backbone, cfg, data)
@@ -252,24 +256,26 @@ class GreedyLocal(SSLMethod):
         Args:
             views: two (n, 3, H, W) batches, the two views of the same n images.
         """
-        n = views[0].shape[0]
-        # (2n, 3, H, W): one pass, BN over both views (SimCLR's bn_per_view=false; per-view
-        # BN, SimCLR's default since the pipeline ablation, is not measured for greedy yet)
-        h = torch.cat(views)
+        # passes: each view on its own (bn_per_view) or both in one (2n, 3, H, W) batch, whose
+        # BatchNorm statistics then mix the two views of every image
+        hs = list(views) if self.cfg.bn_per_view else [torch.cat(views)]
         last = self.num_stages - 1
         losses: list[Tensor] = []
         for i in range(self.num_stages):
-            # stop-gradient at the input of every stage: no loss reaches below S_i through h
-            h = self.stage_forward(i, h.detach())
-            if self.cfg.overlap and i < last:
-                # LoCo decoder pass: S_{i+1} on the NON-detached h_i, so L_i trains S_i and
-                # S_{i+1}. BN running stats are left to the main pass of S_{i+1} (next iteration).
-                with frozen_bn_stats(self.backbone):
-                    feat = self.pool(i + 1, self.stage_forward(i + 1, h))
-            else:
-                feat = self.pool(i, h)
-            z = self.heads[i](feat)  # (2n, proj_dim)
-            losses.append(self.objective(z[:n], z[n:]))
+            zs = []
+            for k, h in enumerate(hs):
+                # stop-gradient at the input of every stage: no loss reaches below S_i through h
+                h = hs[k] = self.stage_forward(i, h.detach())
+                if self.cfg.overlap and i < last:
+                    # LoCo decoder pass: S_{i+1} on the NON-detached h_i, so L_i trains S_i and
+                    # S_{i+1}. BN running stats are left to the main pass of S_{i+1} (next step).
+                    with frozen_bn_stats(self.backbone):
+                        feat = self.pool(i + 1, self.stage_forward(i + 1, h))
+                else:
+                    feat = self.pool(i, h)
+                zs.append(self.heads[i](feat))  # (n, proj_dim) per view, or (2n, proj_dim)
+            z1, z2 = zs if len(zs) == 2 else zs[0].chunk(2)
+            losses.append(self.objective(z1, z2))
         return losses
 
     def forward(self, views: list[Tensor], step: StepInfo) -> dict[str, Tensor]:

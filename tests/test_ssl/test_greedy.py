@@ -168,3 +168,32 @@ def test_bad_config_is_a_user_error(tiny_method):
         tiny_method("resnet", num_stages=5)
     with pytest.raises(UserError, match="did you mean 'nt_xent'"):
         tiny_method("resnet", objective="nt_xnet")
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_bn_per_view_keeps_the_views_apart(tiny_method, monkeypatch, overlap):
+    """With ``bn_per_view`` a view's embeddings do not depend on the other view (BatchNorm
+    statistics per view); in one joint pass they do (shared batch statistics). The invariants of
+    the stages hold either way."""
+    seen: list[tuple[Tensor, Tensor]] = []
+    monkeypatch.setitem(OBJECTIVES, "spy", lambda cfg: lambda z1, z2: (
+        seen.append((z1.detach(), z2.detach())), (z1 * z2).sum())[1])
+    v1, v2 = _views()
+    for per_view in (True, False):
+        torch.manual_seed(0)
+        method = tiny_method("resnet", objective="spy", overlap=overlap, bn_per_view=per_view)
+        seen.clear()
+        method.stage_losses([v1, v2])
+        first = [z1 for z1, _ in seen]
+        seen.clear()
+        method.stage_losses([v1, v2 * 3 + 1])
+        same = all(torch.equal(a, z1) for a, (z1, _) in zip(first, seen))
+        assert same is per_view, (per_view, overlap)
+    # gradient isolation is unchanged by per-view passes
+    method = tiny_method("resnet", overlap=False, bn_per_view=True)
+    losses = method.stage_losses(_views())
+    for m, loss in enumerate(losses):
+        grads = _grads(method, loss)
+        for j in range(4):
+            check = _is_nonzero if j == m else _is_zero
+            assert check(grads, _stage_names(method, j)), (m, j)
