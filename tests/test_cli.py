@@ -70,7 +70,10 @@ def test_run_main_job_writes_run_records_and_board(tiny_recipe, capsys, tmp_path
     assert rec["pretrain"]["loss_curve"] == [[m["step"], m["train/loss"]] for m in logged
                                              if "train/loss" in m]
     assert rec["pretrain"]["loss_curve"][-1][0] == 6
-    assert rec["protocol_settings"]["chosen_C"] in (0.1, 1.0)
+    lin = rec["protocol_settings"]
+    # the grid [0.1, 1], grown by at most eval.linear.extend_grid values past a winning end
+    assert lin["c_grid"] == [0.1, 1.0] and lin["chosen_C"] in lin["chosen_c_searched"]
+    assert {0.1, 1.0} <= set(lin["chosen_c_searched"]) and len(lin["chosen_c_searched"]) <= 4
     board = Path("lb/LEADERBOARD.md").read_text()
     assert "| simclr | test_resnet | tiny |" in board
     out = capsys.readouterr().out

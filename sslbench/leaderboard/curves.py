@@ -14,10 +14,7 @@ from .aggregation import (
     canonical, interval, label_fraction, top1, without_fraction,
 )
 from .formatting import ci_text, esc, fraction_text, short
-from .plots import (
-    ID_COLOR, PALETTE, _acc_axis, _clamp, _legend, _num, _pct_ticks, _svg, _text, _whisker,
-    _x_axis,
-)
+from . import svg as draw
 
 # the protocols that adapt a pretrained backbone to the labels, in the order they are compared
 # (Kumar et al., ICLR 2022: fine-tuning can lose OOD accuracy that LP-FT keeps)
@@ -68,7 +65,7 @@ def _curve_cell(curve: dict[str, Any], name: str, x0: float, y0: float, w: float
     """One small multiple at (x0, y0): title, y ticks, the min-max band over runs and the mean
     line, step axis."""
     steps, mean, lo, hi = curve["steps"], curve["mean"], curve["min"], curve["max"]
-    out = [_text(x0, y0 + 8, short(name, 34), size=11.5, weight="600", title=name)]
+    out = [draw.text(x0, y0 + 8, short(name, 34), size=11.5, weight="600", title=name)]
     top, bottom, left = y0 + 24, y0 + h - 22, x0 + 38
     right = x0 + w - 8
     y_lo, y_hi = min(lo), max(hi)
@@ -82,26 +79,26 @@ def _curve_cell(curve: dict[str, Any], name: str, x0: float, y0: float, w: float
     k = 0
     while y_lo + k * ystep <= y_hi + 1e-9:
         v = y_lo + k * ystep
-        out.append(f'<line x1="{_num(left)}" y1="{_num(yp(v))}" x2="{_num(right)}" '
-                   f'y2="{_num(yp(v))}" stroke="#eef1f4" stroke-width="1"/>')
-        out.append(_text(left - 4, yp(v), _tick_text(v, ystep), "end", 9.5, "#59636e"))
+        out.append(f'<line x1="{draw.num(left)}" y1="{draw.num(yp(v))}" x2="{draw.num(right)}" '
+                   f'y2="{draw.num(yp(v))}" stroke="#eef1f4" stroke-width="1"/>')
+        out.append(draw.text(left - 4, yp(v), _tick_text(v, ystep), "end", 9.5, "#59636e"))
         k += 1
-    out.append(f'<line x1="{_num(left)}" y1="{_num(bottom)}" x2="{_num(right)}" '
-               f'y2="{_num(bottom)}" stroke="#afb8c1" stroke-width="1"/>')
+    out.append(f'<line x1="{draw.num(left)}" y1="{draw.num(bottom)}" x2="{draw.num(right)}" '
+               f'y2="{draw.num(bottom)}" stroke="#afb8c1" stroke-width="1"/>')
     for s in (0, s_max):
-        out.append(_text(xp(s), bottom + 9, f"{s:g}", "middle", 9.5, "#59636e"))
-    out.append(_text((left + right) / 2, bottom + 9, "step", "middle", 9.5, "#59636e"))
+        out.append(draw.text(xp(s), bottom + 9, f"{s:g}", "middle", 9.5, "#59636e"))
+    out.append(draw.text((left + right) / 2, bottom + 9, "step", "middle", 9.5, "#59636e"))
     if curve["runs"] > 1:
-        band = [f"{_num(xp(s))},{_num(yp(v))}" for s, v in zip(steps, hi)]
-        band += [f"{_num(xp(s))},{_num(yp(v))}" for s, v in reversed(list(zip(steps, lo)))]
-        out.append(f'<polygon points="{" ".join(band)}" fill="{ID_COLOR}" fill-opacity="0.18" '
+        band = [f"{draw.num(xp(s))},{draw.num(yp(v))}" for s, v in zip(steps, hi)]
+        band += [f"{draw.num(xp(s))},{draw.num(yp(v))}" for s, v in reversed(list(zip(steps, lo)))]
+        out.append(f'<polygon points="{" ".join(band)}" fill="{draw.ID_COLOR}" fill-opacity="0.18" '
                    f'stroke="none"/>')
-    line = " ".join(f"{_num(xp(s))},{_num(yp(v))}" for s, v in zip(steps, mean))
+    line = " ".join(f"{draw.num(xp(s))},{draw.num(yp(v))}" for s, v in zip(steps, mean))
     tip = (f"{name}: loss {mean[0]:.3g} at step {steps[0]} -> {mean[-1]:.3g} at step "
            f"{steps[-1]} (mean of {curve['runs']} run{'s' if curve['runs'] != 1 else ''})")
-    out.append(f'<polyline points="{line}" fill="none" stroke="{ID_COLOR}" stroke-width="1.6">'
+    out.append(f'<polyline points="{line}" fill="none" stroke="{draw.ID_COLOR}" stroke-width="1.6">'
                f"<title>{esc(tip)}</title></polyline>")
-    out.append(_text(right, top - 6, f"{mean[-1]:.3g}", "end", 10, "#3d444d",
+    out.append(draw.text(right, top - 6, f"{mean[-1]:.3g}", "end", 10, "#3d444d",
                      title="final mean loss"))
     return out
 
@@ -123,7 +120,7 @@ def loss_plot(rows: list[dict[str, Any]], label: str, columns: int = 3) -> str |
         body += _curve_cell(subjects[s]["loss_curve"], names[s], c * cell_w + 4, r * cell_h + 6,
                             cell_w - 10, cell_h - 8)
     rows_n = math.ceil(len(order) / columns)
-    return _svg(W, rows_n * cell_h + 6, body, label)
+    return draw.doc(W, rows_n * cell_h + 6, body, label)
 
 
 # --------------------------------------------------------------------------- label fractions
@@ -147,9 +144,9 @@ def fraction_plot(rows: list[dict[str, Any]], label: str) -> str | None:
         return None
     names = _subject_names(list(series))
     order = sorted(series, key=lambda s: (-top1(series[s][-1])["mean"], s))
-    colors = {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(order)}
+    colors = {s: draw.PALETTE[i % len(draw.PALETTE)] for i, s in enumerate(order)}
     W, x0, right = 680, 56, 24
-    legend, top = _legend([(colors[s], names[s]) for s in order], x0, 12, W - 8)
+    legend, top = draw.legend([(colors[s], names[s]) for s in order], x0, 12, W - 8)
     top += 8
     width, bottom = W - x0 - right, top + 220
     fractions = sorted({label_fraction(r) for s in order for r in series[s]})
@@ -163,26 +160,26 @@ def fraction_plot(rows: list[dict[str, Any]], label: str) -> str | None:
             ticks.append((pos(f), fraction_text(f)))
             last = pos(f)
     accs = [top1(r) for s in order for r in series[s]]
-    yp, _, body = _acc_axis(accs, x0, width, top, bottom)
-    body += _x_axis(x0, width, top, bottom, "labelled training images (log scale)", ticks)
+    yp, _, body = draw.acc_axis(accs, x0, width, top, bottom)
+    body += draw.x_axis(x0, width, top, bottom, "labelled training images (log scale)", ticks)
     for s in order:
         pts = [(x0 + pos(label_fraction(r)) * width, r) for r in series[s]]
         color = colors[s]
-        line = " ".join(f"{_num(x)},{_num(yp(top1(r)['mean']))}" for x, r in pts)
+        line = " ".join(f"{draw.num(x)},{draw.num(yp(top1(r)['mean']))}" for x, r in pts)
         body.append(f'<polyline points="{line}" fill="none" stroke="{color}" '
                     f'stroke-width="1.8"/>')
         for x, r in pts:
             acc = top1(r)
             if acc["ci95"] is not None:
                 lo, hi = interval(acc)
-                body.append(f'<line x1="{_num(x)}" y1="{_num(yp(max(lo, 0)))}" x2="{_num(x)}" '
-                            f'y2="{_num(yp(min(hi, 1)))}" stroke="{color}" stroke-width="1.2"/>')
+                body.append(f'<line x1="{draw.num(x)}" y1="{draw.num(yp(max(lo, 0)))}" x2="{draw.num(x)}" '
+                            f'y2="{draw.num(yp(min(hi, 1)))}" stroke="{color}" stroke-width="1.2"/>')
             tip = (f"{names[s]} with {fraction_text(label_fraction(r))} of the labels: "
                    f"{ci_text(acc)} % (n={r['n']})")
-            body.append(f'<circle cx="{_num(x)}" cy="{_num(yp(acc["mean"]))}" r="4" '
+            body.append(f'<circle cx="{draw.num(x)}" cy="{draw.num(yp(acc["mean"]))}" r="4" '
                         f'fill="{color}" stroke="#ffffff" stroke-width="1.2">'
                         f"<title>{esc(tip)}</title></circle>")
-    return _svg(W, bottom + 36, legend + body, label)
+    return draw.doc(W, bottom + 36, legend + body, label)
 
 
 # --------------------------------------------------------------------------- LP vs FT vs LP-FT
@@ -215,11 +212,11 @@ def protocol_plot(rows: list[dict[str, Any]], label: str) -> str | None:
     W, label_w, right = 680, 170, 140  # right: room for "94.4 ± 0.3 · OOD 88.7"
     x0, width = label_w + 12, W - label_w - 12 - right
     present = [p for p in ADAPTATION_PROTOCOLS if any(p in subjects[s] for s in order)]
-    legend, y = _legend([(_PROTOCOL_COLORS[p], _PROTOCOL_NAMES[p]) for p in present], x0, 12,
+    legend, y = draw.legend([(_PROTOCOL_COLORS[p], _PROTOCOL_NAMES[p]) for p in present], x0, 12,
                         W - 8)
-    legend.append(f'<circle cx="{_num(W - 150)}" cy="{_num(12)}" r="4.5" fill="#ffffff" '
+    legend.append(f'<circle cx="{draw.num(W - 150)}" cy="{draw.num(12)}" r="4.5" fill="#ffffff" '
                   f'stroke="#1f2328" stroke-width="1.6"/>')
-    legend.append(_text(W - 141, 12, "OOD top-1", size=11))
+    legend.append(draw.text(W - 141, 12, "OOD top-1", size=11))
     top = y + 4
     bar_h, gap, group_gap = 15, 4, 14
     body: list[str] = []
@@ -228,37 +225,37 @@ def protocol_plot(rows: list[dict[str, Any]], label: str) -> str | None:
         per = subjects[s]
         protos = [p for p in ADAPTATION_PROTOCOLS if p in per]
         h = len(protos) * bar_h + (len(protos) - 1) * gap
-        body.append(_text(label_w, y + h / 2, short(names[s], 26), "end", 12, weight="600",
+        body.append(draw.text(label_w, y + h / 2, short(names[s], 26), "end", 12, weight="600",
                           title=names[s]))
         for p in protos:
             row, acc, color = per[p], top1(per[p]), _PROTOCOL_COLORS[p]
             cy = y + bar_h / 2
-            xm = x0 + _clamp(acc["mean"]) * width
+            xm = x0 + draw.clamp(acc["mean"]) * width
             tip = f"{names[s]} — {_PROTOCOL_NAMES[p]}: {ci_text(acc)} % (n={row['n']})"
-            body.append(f'<rect x="{_num(x0)}" y="{_num(y)}" width="{_num(xm - x0)}" '
+            body.append(f'<rect x="{draw.num(x0)}" y="{draw.num(y)}" width="{draw.num(xm - x0)}" '
                         f'height="{bar_h}" rx="2" fill="{color}" fill-opacity="0.9">'
                         f"<title>{esc(tip)}</title></rect>")
             end = xm
             if acc["ci95"] is not None:
                 lo, hi = interval(acc)
-                xh = x0 + _clamp(hi) * width
-                body.append(_whisker(x0 + _clamp(lo) * width, xh, cy))
+                xh = x0 + draw.clamp(hi) * width
+                body.append(draw.whisker(x0 + draw.clamp(lo) * width, xh, cy))
                 end = max(end, xh)
             text = ci_text(acc)
             ood = top1(row, "ood_acc")
             if ood:
-                xo = x0 + _clamp(ood["mean"]) * width
-                body.append(f'<circle cx="{_num(xo)}" cy="{_num(cy)}" r="4.5" fill="#ffffff" '
+                xo = x0 + draw.clamp(ood["mean"]) * width
+                body.append(f'<circle cx="{draw.num(xo)}" cy="{draw.num(cy)}" r="4.5" fill="#ffffff" '
                             f'stroke="#1f2328" stroke-width="1.6"><title>'
                             f'{esc(f"{names[s]} — {_PROTOCOL_NAMES[p]}, OOD: {ci_text(ood)} %")}'
                             f"</title></circle>")
                 end = max(end, xo + 5)
                 text += f" · OOD {100 * ood['mean']:.1f}"
-            body.append(_text(end + 5, cy, text, size=10.5, fill="#3d444d"))
+            body.append(draw.text(end + 5, cy, text, size=10.5, fill="#3d444d"))
             y += bar_h + gap
         y += group_gap - gap
-    axis = _x_axis(x0, width, top, y, "top-1 accuracy (%)", _pct_ticks())
-    return _svg(W, y + 36, legend + axis + body, label)
+    axis = draw.x_axis(x0, width, top, y, "top-1 accuracy (%)", draw.pct_ticks())
+    return draw.doc(W, y + 36, legend + axis + body, label)
 
 
 def settings_label(settings: dict[str, Any], siblings: list[dict[str, Any]]) -> str:

@@ -18,75 +18,7 @@ from .aggregation import (
 from .formatting import (
     VERDICT_MARKS, ci_text, diff_text, esc, flops, fraction_text, seconds, short,
 )
-
-PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#9D755D",
-           "#EECA3B", "#FF9DA6", "#79706E")
-ID_COLOR, OOD_COLOR = "#4C78A8", "#E45756"
-_FONT = 'system-ui, -apple-system, &quot;Segoe UI&quot;, Roboto, Arial, sans-serif'
-
-
-def _num(x: float) -> str:
-    return f"{x:.1f}"
-
-
-def _text(x: float, y: float, text: str, anchor: str = "start", size: int = 11,
-          fill: str = "#1f2328", weight: str = "normal", title: str | None = None) -> str:
-    tip = f"<title>{esc(title)}</title>" if title else ""
-    return (f'<text x="{_num(x)}" y="{_num(y)}" text-anchor="{anchor}" font-size="{size}" '
-            f'fill="{fill}" font-weight="{weight}" dy="0.35em">{tip}{esc(text)}</text>')
-
-
-def _svg(width: int, height: float, body: list[str], label: str) -> str:
-    return (f'<svg viewBox="0 0 {width} {_num(height)}" '
-            f'role="img" aria-label="{esc(label)}" font-family="{_FONT}">'
-            + "".join(body) + "</svg>")
-
-
-def _x_axis(x0: float, width: float, top: float, bottom: float, title: str,
-            ticks: list[tuple[float, str]]) -> list[str]:
-    out = []
-    for pos, label in ticks:
-        x = x0 + pos * width
-        out.append(f'<line x1="{_num(x)}" y1="{_num(top)}" x2="{_num(x)}" y2="{_num(bottom)}" '
-                   f'stroke="#e5e8eb" stroke-width="1"/>')
-        # 13 px down: clear of the lowest tick label of a y axis ending at ``bottom``
-        out.append(_text(x, bottom + 13, label, "middle", 10, "#59636e"))
-    out.append(f'<line x1="{_num(x0)}" y1="{_num(bottom)}" x2="{_num(x0 + width)}" '
-               f'y2="{_num(bottom)}" stroke="#afb8c1" stroke-width="1"/>')
-    out.append(_text(x0 + width / 2, bottom + 28, title, "middle", 11, "#59636e"))
-    return out
-
-
-def _legend(items: list[tuple[str, str]], x0: float, y: float,
-            max_x: float) -> tuple[list[str], float]:
-    out, x = [], x0
-    for color, label in items:
-        label = short(label, 28)
-        w = 18 + 6.6 * len(label) + 14
-        if x + w > max_x and x > x0:
-            x, y = x0, y + 18
-        out.append(f'<rect x="{_num(x)}" y="{_num(y - 5)}" width="11" height="11" rx="2" '
-                   f'fill="{color}"/>')
-        out.append(_text(x + 16, y + 0.5, label, size=11))
-        x += w
-    return out, y + 18
-
-
-def _pct_ticks() -> list[tuple[float, str]]:
-    return [(v / 100, str(v)) for v in range(0, 101, 20)]
-
-
-def _clamp(v: float) -> float:
-    return min(1.0, max(0.0, v))
-
-
-def _whisker(x1: float, x2: float, y: float, color: str = "#1f2328") -> str:
-    return (f'<line x1="{_num(x1)}" y1="{_num(y)}" x2="{_num(x2)}" y2="{_num(y)}" '
-            f'stroke="{color}" stroke-width="1.3"/>'
-            f'<line x1="{_num(x1)}" y1="{_num(y - 4)}" x2="{_num(x1)}" y2="{_num(y + 4)}" '
-            f'stroke="{color}" stroke-width="1.3"/>'
-            f'<line x1="{_num(x2)}" y1="{_num(y - 4)}" x2="{_num(x2)}" y2="{_num(y + 4)}" '
-            f'stroke="{color}" stroke-width="1.3"/>')
+from . import svg as draw
 
 
 def _row_name(row: dict[str, Any]) -> str:
@@ -102,7 +34,7 @@ def bar_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) -> 
         by_method[row["method"]].append(row)
     methods = sorted(by_method, key=lambda m: (-max(top1(r)["mean"] for r in by_method[m]), m))
     backbones = sorted({r["backbone"] for r in rows})
-    legend, y = _legend([(colors[b], b) for b in backbones], x0, 12, W - 8)
+    legend, y = draw.legend([(colors[b], b) for b in backbones], x0, 12, W - 8)
     top = y + 4
     bar_h, gap, group_gap = 15, 4, 14
     body: list[str] = []
@@ -110,39 +42,39 @@ def bar_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) -> 
     for method in methods:
         group = sorted(by_method[method], key=lambda r: (r["backbone"], r["recipe"]))
         h = len(group) * bar_h + (len(group) - 1) * gap
-        body.append(_text(label_w, y + h / 2, short(method, 24), "end", 12, weight="600",
+        body.append(draw.text(label_w, y + h / 2, short(method, 24), "end", 12, weight="600",
                           title=method))
         dup = len({r["backbone"] for r in group}) < len(group)
         for row in group:
             acc = top1(row)
             cy = y + bar_h / 2
-            xm = x0 + _clamp(acc["mean"]) * width
+            xm = x0 + draw.clamp(acc["mean"]) * width
             tip = f"{_row_name(row)}: {ci_text(acc)} % (n={row['n']})"
-            body.append(f'<rect x="{_num(x0)}" y="{_num(y)}" width="{_num(xm - x0)}" '
+            body.append(f'<rect x="{draw.num(x0)}" y="{draw.num(y)}" width="{draw.num(xm - x0)}" '
                         f'height="{bar_h}" rx="2" fill="{colors[row["backbone"]]}" '
                         f'fill-opacity="0.9"><title>{esc(tip)}</title></rect>')
             end = xm
             if acc["ci95"] is not None:
                 lo, hi = interval(acc)
-                xl, xh = x0 + _clamp(lo) * width, x0 + _clamp(hi) * width
-                body.append(_whisker(xl, xh, cy))
+                xl, xh = x0 + draw.clamp(lo) * width, x0 + draw.clamp(hi) * width
+                body.append(draw.whisker(xl, xh, cy))
                 end = max(end, xh)
             text = ci_text(acc) + (f"  ({short(row['recipe'], 14)})" if dup else "")
-            body.append(_text(end + 5, cy, text, size=10.5, fill="#3d444d"))
+            body.append(draw.text(end + 5, cy, text, size=10.5, fill="#3d444d"))
             y += bar_h + gap
         y += group_gap - gap
     bottom = y
-    axis = _x_axis(x0, width, top, bottom, "top-1 accuracy (%)", _pct_ticks())
-    return _svg(W, bottom + 36, legend + axis + body, label)
+    axis = draw.x_axis(x0, width, top, bottom, "top-1 accuracy (%)", draw.pct_ticks())
+    return draw.doc(W, bottom + 36, legend + axis + body, label)
 
 
 def ood_plot(rows: list[dict[str, Any]], label: str) -> str:
     """Dumbbell plot: in-distribution vs OOD top-1 per method (× backbone), with CIs."""
     W, label_w, right = 680, 220, 64
     x0, width = label_w + 12, W - label_w - 12 - right
-    legend, y = _legend([(ID_COLOR, "in-distribution test"), (OOD_COLOR, "OOD test")],
+    legend, y = draw.legend([(draw.ID_COLOR, "in-distribution test"), (draw.OOD_COLOR, "OOD test")],
                         x0, 12, W - 8)
-    legend.append(_text(W - 6, 12, "OOD − ID", "end", 10.5, "#59636e", "600"))
+    legend.append(draw.text(W - 6, 12, "OOD − ID", "end", 10.5, "#59636e", "600"))
     top = y + 4
     step = 24
     body: list[str] = []
@@ -154,28 +86,28 @@ def ood_plot(rows: list[dict[str, Any]], label: str) -> str:
         if dup:
             name += f" · {row['recipe']}"
         idm, ood = top1(row), top1(row, "ood_acc")
-        xi, xo = x0 + _clamp(idm["mean"]) * width, x0 + _clamp(ood["mean"]) * width
-        body.append(_text(label_w, y, short(name, 34), "end", 11.5, title=name))
-        body.append(f'<line x1="{_num(xo)}" y1="{_num(y)}" x2="{_num(xi)}" y2="{_num(y)}" '
+        xi, xo = x0 + draw.clamp(idm["mean"]) * width, x0 + draw.clamp(ood["mean"]) * width
+        body.append(draw.text(label_w, y, short(name, 34), "end", 11.5, title=name))
+        body.append(f'<line x1="{draw.num(xo)}" y1="{draw.num(y)}" x2="{draw.num(xi)}" y2="{draw.num(y)}" '
                     f'stroke="#c9d1d9" stroke-width="4" stroke-linecap="round"/>')
-        for summary, color, hollow in ((ood, OOD_COLOR, True), (idm, ID_COLOR, False)):
+        for summary, color, hollow in ((ood, draw.OOD_COLOR, True), (idm, draw.ID_COLOR, False)):
             if summary["ci95"] is not None:
                 lo, hi = interval(summary)
-                body.append(_whisker(x0 + _clamp(lo) * width, x0 + _clamp(hi) * width, y,
+                body.append(draw.whisker(x0 + draw.clamp(lo) * width, x0 + draw.clamp(hi) * width, y,
                                      color))
-            cx = x0 + _clamp(summary["mean"]) * width
+            cx = x0 + draw.clamp(summary["mean"]) * width
             fill = "#ffffff" if hollow else color
             kind = "OOD" if hollow else "ID"
             tip = f"{name} — {kind}: {ci_text(summary)} % (n={row['n']})"
-            body.append(f'<circle cx="{_num(cx)}" cy="{_num(y)}" r="5" fill="{fill}" '
+            body.append(f'<circle cx="{draw.num(cx)}" cy="{draw.num(y)}" r="5" fill="{fill}" '
                         f'stroke="{color}" stroke-width="2"><title>{esc(tip)}</title></circle>')
         gap = 100 * (ood["mean"] - idm["mean"])
-        body.append(_text(W - 6, y, f"{gap:+.1f}", "end", 10.5, "#59636e",
+        body.append(draw.text(W - 6, y, f"{gap:+.1f}", "end", 10.5, "#59636e",
                           title="OOD minus ID (points)"))
         y += step
     bottom = y - step / 2 + 4
-    axis = _x_axis(x0, width, top, bottom, "top-1 accuracy (%)", _pct_ticks())
-    return _svg(W, bottom + 36, legend + axis + body, label)
+    axis = draw.x_axis(x0, width, top, bottom, "top-1 accuracy (%)", draw.pct_ticks())
+    return draw.doc(W, bottom + 36, legend + axis + body, label)
 
 
 def _diff_scale(diffs: list[dict[str, Any]]) -> tuple[float, list[tuple[float, str]]]:
@@ -206,21 +138,21 @@ def paired_plot(rows: list[dict[str, Any]], label: str) -> str:
     for row, name in zip(ordered, names):
         name += f" · {row['recipe']}" if dup else ""
         diff = paired(row, "vs_random")
-        body.append(_text(label_w, y, short(name, 34), "end", 11.5, title=name))
+        body.append(draw.text(label_w, y, short(name, 34), "end", 11.5, title=name))
         if diff["ci95"] is not None:
-            body.append(_whisker(pos(diff["lo"]), pos(diff["hi"]), y))
+            body.append(draw.whisker(pos(diff["lo"]), pos(diff["hi"]), y))
         mark = VERDICT_MARKS.get(diff["verdict"], "")
         tip = f"{name} − random init: {diff_text(diff)} points (n={diff['n']} pairs)"
-        body.append(f'<circle cx="{_num(pos(diff["mean"]))}" cy="{_num(y)}" r="5" '
-                    f'fill="{ID_COLOR}"><title>{esc(tip)}</title></circle>')
-        body.append(_text(W - 6, y, f"{diff_text(diff)} {mark}".strip(), "end", 10.5,
+        body.append(f'<circle cx="{draw.num(pos(diff["mean"]))}" cy="{draw.num(y)}" r="5" '
+                    f'fill="{draw.ID_COLOR}"><title>{esc(tip)}</title></circle>')
+        body.append(draw.text(W - 6, y, f"{diff_text(diff)} {mark}".strip(), "end", 10.5,
                           "#59636e"))
         y += step
     bottom = y - step / 2 + 4
-    zero = (f'<line x1="{_num(pos(0))}" y1="{_num(top)}" x2="{_num(pos(0))}" '
-            f'y2="{_num(bottom)}" stroke="#59636e" stroke-width="1.2" stroke-dasharray="4 3"/>')
-    axis = _x_axis(x0, width, top, bottom, "top-1 minus random init (points, paired)", ticks)
-    return _svg(W, bottom + 36, axis + [zero] + body, label)
+    zero = (f'<line x1="{draw.num(pos(0))}" y1="{draw.num(top)}" x2="{draw.num(pos(0))}" '
+            f'y2="{draw.num(bottom)}" stroke="#59636e" stroke-width="1.2" stroke-dasharray="4 3"/>')
+    axis = draw.x_axis(x0, width, top, bottom, "top-1 minus random init (points, paired)", ticks)
+    return draw.doc(W, bottom + 36, axis + [zero] + body, label)
 
 
 _TIME_TICKS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200,
@@ -266,30 +198,6 @@ _Axis = tuple[Callable[[float], float], list[tuple[float, str]], str]
 _LABEL_STEP = 14
 
 
-def _acc_axis(accs: list[dict[str, Any]], x0: float, width: float, top: float,
-              bottom: float) -> tuple[Callable[[float], float], tuple[float, float], list[str]]:
-    """The top-1 axis of a scatter: position function (fraction -> y), the shown range and
-    its grid lines, tick labels and title."""
-    lo_a = min(interval(a)[0] for a in accs)
-    hi_a = max(interval(a)[1] for a in accs)
-    a_min = max(0.0, math.floor((lo_a - 0.02) * 10) / 10)
-    a_max = min(1.0, math.ceil((hi_a + 0.02) * 10) / 10)
-    if a_max - a_min < 0.2:
-        a_min, a_max = max(0.0, a_max - 0.2), max(a_max, 0.2)
-    yp = lambda v: bottom - (v - a_min) / (a_max - a_min) * (bottom - top)  # noqa: E731
-    body = []
-    steps = int(round((a_max - a_min) / 0.1))
-    for k in range(steps + 1):
-        v = a_min + k * (a_max - a_min) / steps
-        body.append(f'<line x1="{x0}" y1="{_num(yp(v))}" x2="{x0 + width}" y2="{_num(yp(v))}" '
-                    f'stroke="#eef1f4" stroke-width="1"/>')
-        body.append(_text(x0 - 6, yp(v), f"{100 * v:.0f}", "end", 10, "#59636e"))
-    mid = _num((top + bottom) / 2)
-    body.append(f'<text x="14" y="{mid}" font-size="11" fill="#59636e" text-anchor="middle" '
-                f'transform="rotate(-90 14 {mid})">top-1 (%)</text>')
-    return yp, (a_min, a_max), body
-
-
 def _text_width(text: str, size: float = 11) -> float:
     """A generous width estimate of ``text`` in a sans-serif font of ``size`` px (wide letters
     counted wider), so that labels placed apart by it do not touch when drawn."""
@@ -316,9 +224,9 @@ def _label(row: dict[str, Any], cx: float, cy: float, max_x: float, top: float,
     out = []
     if ly != cy:
         end = x1 - 1 if right else x2 + 1
-        out.append(f'<line x1="{_num(cx + (4 if right else -4))}" y1="{_num(cy + 2)}" '
-                   f'x2="{_num(end)}" y2="{_num(ly)}" stroke="#afb8c1" stroke-width="0.8"/>')
-    out.append(_text(x1, ly, text, size=11, title=_row_name(row)))
+        out.append(f'<line x1="{draw.num(cx + (4 if right else -4))}" y1="{draw.num(cy + 2)}" '
+                   f'x2="{draw.num(end)}" y2="{draw.num(ly)}" stroke="#afb8c1" stroke-width="0.8"/>')
+    out.append(draw.text(x1, ly, text, size=11, title=_row_name(row)))
     return out
 
 
@@ -328,14 +236,14 @@ def _scatter(rows: list[dict[str, Any]], xs: list[float], axis: _Axis, colors: d
     ``axis``; points coloured per backbone and labelled with their method (:func:`_label`);
     ``tips`` is each point's tooltip."""
     W, H, x0, right = 680, 300, 56, 130
-    legend, top = _legend([(colors[b], b) for b in sorted({r["backbone"] for r in rows})],
+    legend, top = draw.legend([(colors[b], b) for b in sorted({r["backbone"] for r in rows})],
                           x0, 12, W - 8)
     top += 8
     width, bottom = W - x0 - right, H - 44
     pos, ticks, title = axis
     accs = [top1(r) for r in rows]
-    yp, (a_min, a_max), body = _acc_axis(accs, x0, width, top, bottom)
-    body += _x_axis(x0, width, top, bottom, title, ticks)
+    yp, (a_min, a_max), body = draw.acc_axis(accs, x0, width, top, bottom)
+    body += draw.x_axis(x0, width, top, bottom, title, ticks)
     ordered = sorted(zip(rows, accs, xs, tips), key=lambda p: -p[1]["mean"])
     spots = [(x0 + pos(x) * width, yp(acc["mean"])) for _, acc, x, _ in ordered]
     # (x1, x2, y) of what a label must not cover: every point, then each label placed
@@ -347,13 +255,13 @@ def _scatter(rows: list[dict[str, Any]], xs: list[float], axis: _Axis, colors: d
         color = colors[row["backbone"]]
         if acc["ci95"] is not None:
             lo, hi = interval(acc)
-            points.append(f'<line x1="{_num(cx)}" y1="{_num(yp(max(lo, a_min)))}" '
-                          f'x2="{_num(cx)}" y2="{_num(yp(min(hi, a_max)))}" stroke="{color}" '
+            points.append(f'<line x1="{draw.num(cx)}" y1="{draw.num(yp(max(lo, a_min)))}" '
+                          f'x2="{draw.num(cx)}" y2="{draw.num(yp(min(hi, a_max)))}" stroke="{color}" '
                           f'stroke-width="1.4"/>')
-        points.append(f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="5.5" fill="{color}" '
+        points.append(f'<circle cx="{draw.num(cx)}" cy="{draw.num(cy)}" r="5.5" fill="{color}" '
                       f'stroke="#ffffff" stroke-width="1.5"><title>{esc(tip)}</title></circle>')
         labels += _label(row, cx, cy, W - 4, top, bottom, placed)
-    return _svg(W, max(H, max(y for _, _, y in placed) + 50), legend + body + points + labels,
+    return draw.doc(W, max(H, max(y for _, _, y in placed) + 50), legend + body + points + labels,
                 label)
 
 
@@ -396,7 +304,7 @@ def flops_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) -
 def backbone_colors(rows: list[dict[str, Any]]) -> dict[str, str]:
     """One palette colour per backbone, in backbone name order."""
     backbones = sorted({r["backbone"] for r in rows})
-    return {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(backbones)}
+    return {b: draw.PALETTE[i % len(draw.PALETTE)] for i, b in enumerate(backbones)}
 
 
 def _figures(group: list[dict[str, Any]], colors: dict[str, str], where: str) -> list[str]:
