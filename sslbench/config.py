@@ -509,9 +509,8 @@ def _friendly(err: OmegaConfBaseException, schema: Any, where: str,
     if isinstance(err, ConfigKeyError) or "not in struct" in msg or "Key '" in msg and "not" in msg:
         parts = str(key).split(".")
         # matched on the last part, suggested as the full dotted key (to paste back as key=value)
-        prefix = key_prefix + ".".join(parts[:-1] + [""])
-        hint = did_you_mean(parts[-1], _valid_keys(schema, parts[:-1]))
-        hint = hint.replace(" (did you mean '", f" (did you mean '{prefix}", 1)
+        hint = did_you_mean(parts[-1], _valid_keys(schema, parts[:-1]),
+                            prefix=key_prefix + ".".join(parts[:-1] + [""]))
         return UserError(f"{where}: unknown key '{key_prefix}{key}'{hint}")
     if isinstance(err, ValidationError):
         return UserError(f"{where}: bad value for '{key_prefix}{key}': {msg}")

@@ -4,11 +4,24 @@ evaluated (:mod:`sslbench.eval.kinds`); plus the check every protocol's hyperpar
 goes through."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 # (grid key, chosen key, validation-accuracy key, what the value is) per protocol family
 _GRIDS = (("c_grid", "chosen_C", "chosen_val_acc_by_C", "C"),
           ("lr_grid", "chosen_lr", "chosen_val_acc_by_lr", "lr"))
+
+
+def beaten_neighbour(grid: Sequence[float], chosen: float,
+                     score: Callable[[float], Optional[float]]) -> Optional[float]:
+    """The inner neighbour of ``chosen`` when ``chosen`` is an end of ``grid`` (sorted, at least
+    two values) and scores strictly higher than that neighbour, else None (a tie, or a missing
+    score, does not bind)."""
+    if len(grid) < 2 or chosen not in (grid[0], grid[-1]):
+        return None
+    inner = grid[1] if chosen == grid[0] else grid[-2]
+    a, b = score(chosen), score(inner)
+    return None if a is None or b is None or a <= b else inner
 
 
 def grid_edge(settings: dict[str, Any]) -> Optional[str]:
@@ -27,13 +40,9 @@ def grid_edge(settings: dict[str, Any]) -> Optional[str]:
         grid = sorted(float(v) for v in (searched or settings[grid_key]))
         chosen = float(settings[chosen_key])
         val = settings.get(val_key) or {}
-        if len(grid) < 2 or chosen not in (grid[0], grid[-1]):
+        if beaten_neighbour(grid, chosen, lambda v: val.get(f"{v:g}")) is None:
             return None
         lowest = chosen == grid[0]
-        inner = grid[1] if lowest else grid[-2]
-        a, b = val.get(f"{chosen:g}"), val.get(f"{inner:g}")
-        if a is None or b is None or a <= b:  # a tie with the neighbour: the grid is not binding
-            return None
         name = "the searched values" if searched else grid_key
         fix = "; or raise eval.linear.extend_grid" if searched else ""
         return (f"{what} {chosen:g} is the {'smallest' if lowest else 'largest'} of {name} "

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import beaten_neighbour
 from .protocol import EvalContext, Result, register_protocol
 from .scoring import score
 
@@ -171,29 +172,27 @@ def _winning_edge(val_acc: dict[float, float]) -> Optional[tuple[float, float]]:
     """``(edge C, next C beyond it)`` when the chosen C is an end of the searched values and
     strictly beats its inner neighbour (the optimum may lie beyond), else None. The step beyond
     repeats the grid's ratio at that end."""
-    cs, best = sorted(val_acc), _choose(val_acc)
-    if len(cs) < 2 or best not in (cs[0], cs[-1]):
-        return None
-    inner = cs[1] if best == cs[0] else cs[-2]
-    if val_acc[best] <= val_acc[inner]:
+    best = _choose(val_acc)
+    inner = beaten_neighbour(sorted(val_acc), best, val_acc.get)
+    if inner is None:
         return None
     return best, float(f"{best * best / inner:.12g}")  # 0.01, not 0.009999999999999998
 
 
 def extend_path(x: Tensor, y: Tensor, xva: Tensor, yva: Tensor, num_classes: int,
                 path: dict[float, LogRegFit], val_acc: dict[float, float], steps: int,
-                max_iter: int, tol: float, basis: Basis) -> int:
+                max_iter: int, tol: float, basis: Basis) -> None:
     """Grow the C path beyond an end of the grid while the C at that end wins on validation:
     at most ``steps`` more values, each warm-started from the edge's fit (``path`` and
-    ``val_acc`` are extended in place). Returns the number of values added."""
-    added = 0
-    while added < steps and (edge := _winning_edge(val_acc)) is not None:
+    ``val_acc`` are extended in place)."""
+    for _ in range(steps):
+        edge = _winning_edge(val_acc)
+        if edge is None:
+            return
         c, new = edge
-        start = path[c]
-        path[new] = fit_logreg(x, y, num_classes, new, max_iter, tol, (start.w, start.b), basis)
+        path[new] = fit_logreg(x, y, num_classes, new, max_iter, tol, (path[c].w, path[c].b),
+                               basis)
         val_acc[new] = accuracy(path[new].w, path[new].b, xva, yva)
-        added += 1
-    return added
 
 
 def standardise(train: Tensor) -> Scale:

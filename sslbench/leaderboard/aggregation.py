@@ -260,8 +260,8 @@ def _mean_loss_curve(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     curve (baselines, records written before curves were kept)."""
     curves: dict[str, dict[int, float]] = {}
     for r in records:
-        curve = (r.get("pretrain") or {}).get("loss_curve") if isinstance(
-            r.get("pretrain"), dict) else None
+        pretrain = r.get("pretrain")
+        curve = pretrain.get("loss_curve") if isinstance(pretrain, dict) else None
         if isinstance(curve, list) and curve:
             points = {int(p[0]): float(p[1]) for p in curve
                       if isinstance(p, list) and len(p) == 2 and finite(p[1]) is not None}

@@ -99,7 +99,7 @@ def _curve_cell(curve: dict[str, Any], name: str, x0: float, y0: float, w: float
     out.append(f'<polyline points="{line}" fill="none" stroke="{draw.ID_COLOR}" stroke-width="1.6">'
                f"<title>{esc(tip)}</title></polyline>")
     out.append(draw.text(right, top - 6, f"{mean[-1]:.3g}", "end", 10, "#3d444d",
-                     title="final mean loss"))
+                         title="final mean loss"))
     return out
 
 
@@ -172,8 +172,9 @@ def fraction_plot(rows: list[dict[str, Any]], label: str) -> str | None:
             acc = top1(r)
             if acc["ci95"] is not None:
                 lo, hi = interval(acc)
-                body.append(f'<line x1="{draw.num(x)}" y1="{draw.num(yp(max(lo, 0)))}" x2="{draw.num(x)}" '
-                            f'y2="{draw.num(yp(min(hi, 1)))}" stroke="{color}" stroke-width="1.2"/>')
+                body.append(f'<line x1="{draw.num(x)}" y1="{draw.num(yp(max(lo, 0)))}" '
+                            f'x2="{draw.num(x)}" y2="{draw.num(yp(min(hi, 1)))}" '
+                            f'stroke="{color}" stroke-width="1.2"/>')
             tip = (f"{names[s]} with {fraction_text(label_fraction(r))} of the labels: "
                    f"{ci_text(acc)} % (n={r['n']})")
             body.append(f'<circle cx="{draw.num(x)}" cy="{draw.num(yp(acc["mean"]))}" r="4" '
@@ -213,7 +214,7 @@ def protocol_plot(rows: list[dict[str, Any]], label: str) -> str | None:
     x0, width = label_w + 12, W - label_w - 12 - right
     present = [p for p in ADAPTATION_PROTOCOLS if any(p in subjects[s] for s in order)]
     legend, y = draw.legend([(_PROTOCOL_COLORS[p], _PROTOCOL_NAMES[p]) for p in present], x0, 12,
-                        W - 8)
+                            W - 8)
     legend.append(f'<circle cx="{draw.num(W - 150)}" cy="{draw.num(12)}" r="4.5" fill="#ffffff" '
                   f'stroke="#1f2328" stroke-width="1.6"/>')
     legend.append(draw.text(W - 141, 12, "OOD top-1", size=11))
@@ -226,27 +227,19 @@ def protocol_plot(rows: list[dict[str, Any]], label: str) -> str | None:
         protos = [p for p in ADAPTATION_PROTOCOLS if p in per]
         h = len(protos) * bar_h + (len(protos) - 1) * gap
         body.append(draw.text(label_w, y + h / 2, short(names[s], 26), "end", 12, weight="600",
-                          title=names[s]))
+                              title=names[s]))
         for p in protos:
             row, acc, color = per[p], top1(per[p]), _PROTOCOL_COLORS[p]
             cy = y + bar_h / 2
-            xm = x0 + draw.clamp(acc["mean"]) * width
             tip = f"{names[s]} — {_PROTOCOL_NAMES[p]}: {ci_text(acc)} % (n={row['n']})"
-            body.append(f'<rect x="{draw.num(x0)}" y="{draw.num(y)}" width="{draw.num(xm - x0)}" '
-                        f'height="{bar_h}" rx="2" fill="{color}" fill-opacity="0.9">'
-                        f"<title>{esc(tip)}</title></rect>")
-            end = xm
-            if acc["ci95"] is not None:
-                lo, hi = interval(acc)
-                xh = x0 + draw.clamp(hi) * width
-                body.append(draw.whisker(x0 + draw.clamp(lo) * width, xh, cy))
-                end = max(end, xh)
+            parts, end = draw.ci_bar(x0, width, y, bar_h, acc, color, tip)
+            body += parts
             text = ci_text(acc)
             ood = top1(row, "ood_acc")
             if ood:
                 xo = x0 + draw.clamp(ood["mean"]) * width
-                body.append(f'<circle cx="{draw.num(xo)}" cy="{draw.num(cy)}" r="4.5" fill="#ffffff" '
-                            f'stroke="#1f2328" stroke-width="1.6"><title>'
+                body.append(f'<circle cx="{draw.num(xo)}" cy="{draw.num(cy)}" r="4.5" '
+                            f'fill="#ffffff" stroke="#1f2328" stroke-width="1.6"><title>'
                             f'{esc(f"{names[s]} — {_PROTOCOL_NAMES[p]}, OOD: {ci_text(ood)} %")}'
                             f"</title></circle>")
                 end = max(end, xo + 5)

@@ -43,22 +43,14 @@ def bar_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) -> 
         group = sorted(by_method[method], key=lambda r: (r["backbone"], r["recipe"]))
         h = len(group) * bar_h + (len(group) - 1) * gap
         body.append(draw.text(label_w, y + h / 2, short(method, 24), "end", 12, weight="600",
-                          title=method))
+                              title=method))
         dup = len({r["backbone"] for r in group}) < len(group)
         for row in group:
             acc = top1(row)
             cy = y + bar_h / 2
-            xm = x0 + draw.clamp(acc["mean"]) * width
             tip = f"{_row_name(row)}: {ci_text(acc)} % (n={row['n']})"
-            body.append(f'<rect x="{draw.num(x0)}" y="{draw.num(y)}" width="{draw.num(xm - x0)}" '
-                        f'height="{bar_h}" rx="2" fill="{colors[row["backbone"]]}" '
-                        f'fill-opacity="0.9"><title>{esc(tip)}</title></rect>')
-            end = xm
-            if acc["ci95"] is not None:
-                lo, hi = interval(acc)
-                xl, xh = x0 + draw.clamp(lo) * width, x0 + draw.clamp(hi) * width
-                body.append(draw.whisker(xl, xh, cy))
-                end = max(end, xh)
+            parts, end = draw.ci_bar(x0, width, y, bar_h, acc, colors[row["backbone"]], tip)
+            body += parts
             text = ci_text(acc) + (f"  ({short(row['recipe'], 14)})" if dup else "")
             body.append(draw.text(end + 5, cy, text, size=10.5, fill="#3d444d"))
             y += bar_h + gap
@@ -73,7 +65,7 @@ def ood_plot(rows: list[dict[str, Any]], label: str) -> str:
     W, label_w, right = 680, 220, 64
     x0, width = label_w + 12, W - label_w - 12 - right
     legend, y = draw.legend([(draw.ID_COLOR, "in-distribution test"), (draw.OOD_COLOR, "OOD test")],
-                        x0, 12, W - 8)
+                            x0, 12, W - 8)
     legend.append(draw.text(W - 6, 12, "OOD − ID", "end", 10.5, "#59636e", "600"))
     top = y + 4
     step = 24
@@ -88,13 +80,14 @@ def ood_plot(rows: list[dict[str, Any]], label: str) -> str:
         idm, ood = top1(row), top1(row, "ood_acc")
         xi, xo = x0 + draw.clamp(idm["mean"]) * width, x0 + draw.clamp(ood["mean"]) * width
         body.append(draw.text(label_w, y, short(name, 34), "end", 11.5, title=name))
-        body.append(f'<line x1="{draw.num(xo)}" y1="{draw.num(y)}" x2="{draw.num(xi)}" y2="{draw.num(y)}" '
-                    f'stroke="#c9d1d9" stroke-width="4" stroke-linecap="round"/>')
+        body.append(f'<line x1="{draw.num(xo)}" y1="{draw.num(y)}" x2="{draw.num(xi)}" '
+                    f'y2="{draw.num(y)}" stroke="#c9d1d9" stroke-width="4" '
+                    f'stroke-linecap="round"/>')
         for summary, color, hollow in ((ood, draw.OOD_COLOR, True), (idm, draw.ID_COLOR, False)):
             if summary["ci95"] is not None:
                 lo, hi = interval(summary)
-                body.append(draw.whisker(x0 + draw.clamp(lo) * width, x0 + draw.clamp(hi) * width, y,
-                                     color))
+                body.append(draw.whisker(x0 + draw.clamp(lo) * width,
+                                         x0 + draw.clamp(hi) * width, y, color))
             cx = x0 + draw.clamp(summary["mean"]) * width
             fill = "#ffffff" if hollow else color
             kind = "OOD" if hollow else "ID"
@@ -103,7 +96,7 @@ def ood_plot(rows: list[dict[str, Any]], label: str) -> str:
                         f'stroke="{color}" stroke-width="2"><title>{esc(tip)}</title></circle>')
         gap = 100 * (ood["mean"] - idm["mean"])
         body.append(draw.text(W - 6, y, f"{gap:+.1f}", "end", 10.5, "#59636e",
-                          title="OOD minus ID (points)"))
+                              title="OOD minus ID (points)"))
         y += step
     bottom = y - step / 2 + 4
     axis = draw.x_axis(x0, width, top, bottom, "top-1 accuracy (%)", draw.pct_ticks())
@@ -146,7 +139,7 @@ def paired_plot(rows: list[dict[str, Any]], label: str) -> str:
         body.append(f'<circle cx="{draw.num(pos(diff["mean"]))}" cy="{draw.num(y)}" r="5" '
                     f'fill="{draw.ID_COLOR}"><title>{esc(tip)}</title></circle>')
         body.append(draw.text(W - 6, y, f"{diff_text(diff)} {mark}".strip(), "end", 10.5,
-                          "#59636e"))
+                              "#59636e"))
         y += step
     bottom = y - step / 2 + 4
     zero = (f'<line x1="{draw.num(pos(0))}" y1="{draw.num(top)}" x2="{draw.num(pos(0))}" '
@@ -225,7 +218,8 @@ def _label(row: dict[str, Any], cx: float, cy: float, max_x: float, top: float,
     if ly != cy:
         end = x1 - 1 if right else x2 + 1
         out.append(f'<line x1="{draw.num(cx + (4 if right else -4))}" y1="{draw.num(cy + 2)}" '
-                   f'x2="{draw.num(end)}" y2="{draw.num(ly)}" stroke="#afb8c1" stroke-width="0.8"/>')
+                   f'x2="{draw.num(end)}" y2="{draw.num(ly)}" stroke="#afb8c1" '
+                   f'stroke-width="0.8"/>')
     out.append(draw.text(x1, ly, text, size=11, title=_row_name(row)))
     return out
 
@@ -237,7 +231,7 @@ def _scatter(rows: list[dict[str, Any]], xs: list[float], axis: _Axis, colors: d
     ``tips`` is each point's tooltip."""
     W, H, x0, right = 680, 300, 56, 130
     legend, top = draw.legend([(colors[b], b) for b in sorted({r["backbone"] for r in rows})],
-                          x0, 12, W - 8)
+                              x0, 12, W - 8)
     top += 8
     width, bottom = W - x0 - right, H - 44
     pos, ticks, title = axis
@@ -256,13 +250,13 @@ def _scatter(rows: list[dict[str, Any]], xs: list[float], axis: _Axis, colors: d
         if acc["ci95"] is not None:
             lo, hi = interval(acc)
             points.append(f'<line x1="{draw.num(cx)}" y1="{draw.num(yp(max(lo, a_min)))}" '
-                          f'x2="{draw.num(cx)}" y2="{draw.num(yp(min(hi, a_max)))}" stroke="{color}" '
-                          f'stroke-width="1.4"/>')
+                          f'x2="{draw.num(cx)}" y2="{draw.num(yp(min(hi, a_max)))}" '
+                          f'stroke="{color}" stroke-width="1.4"/>')
         points.append(f'<circle cx="{draw.num(cx)}" cy="{draw.num(cy)}" r="5.5" fill="{color}" '
                       f'stroke="#ffffff" stroke-width="1.5"><title>{esc(tip)}</title></circle>')
         labels += _label(row, cx, cy, W - 4, top, bottom, placed)
     return draw.doc(W, max(H, max(y for _, _, y in placed) + 50), legend + body + points + labels,
-                label)
+                    label)
 
 
 def cost_plot(rows: list[dict[str, Any]], colors: dict[str, str], label: str) -> str:
@@ -412,40 +406,49 @@ def plots_section(rows: list[dict[str, Any]]) -> str:
     measured = [r for r in rows if r.get("kind", "measured") != "reported" and top1(r)]
     if not measured:
         return '<p class="muted">No measured results to plot yet.</p>'
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    # (dataset, protocol, settings without the fraction) -> label fraction -> rows
+    families: dict[tuple[str, str, str], dict[float, list[dict[str, Any]]]] = defaultdict(
+        lambda: defaultdict(list))
     for r in measured:
-        settings = without_fraction(r["protocol_settings"])
-        groups[(r["dataset"], r["protocol"], label_fraction(r), canonical(settings))].append(r)
+        settings = canonical(without_fraction(r["protocol_settings"]))
+        families[(r["dataset"], r["protocol"], settings)][label_fraction(r)].append(r)
     siblings: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
-    for (d, p, f, _), members in groups.items():
-        siblings[(d, p, f)].append(members[0]["protocol_settings"])
+    for (d, p, _), by_fraction in families.items():
+        for f, members in by_fraction.items():
+            siblings[(d, p, f)].append(members[0]["protocol_settings"])
+
+    def variant(d: str, p: str, f: float, members: list[dict[str, Any]]) -> str:
+        """What tells this group's settings from the others of its protocol and fraction."""
+        others = siblings[(d, p, f)]
+        return settings_label(members[0]["protocol_settings"], others) if len(others) > 1 else ""
+
     out = _missing_notes(measured)
-    keys = sorted(groups, key=lambda k: (k[0], protocol_sort_key(k[1]), k[3], -k[2]))
-    dataset, curve_done = None, set()
-    for key in keys:
-        d, p, f, settings = key
+    dataset = None
+    for key in sorted(families, key=lambda k: (k[0], protocol_sort_key(k[1]), k[2])):
+        d, p, _ = key
         if d != dataset:
             out.append(f"<h3>{esc(d)}</h3>")
             out.append(_dataset_figures([r for r in measured if r["dataset"] == d], d))
             dataset = d
-        variant = ""
-        if len(siblings[(d, p, f)]) > 1:
-            variant = settings_label(groups[key][0]["protocol_settings"], siblings[(d, p, f)])
-        same = [r for (d2, p2, _, s2), rs in groups.items() if (d2, p2, s2) == (d, p, settings)
-                for r in rs]
-        where = f"{d} · {p}" + (f" · {variant}" if variant else "")
-        curve = fraction_plot(same, f"Top-1 vs label fraction, {where}")
-        if curve and (d, p, settings) not in curve_done:
-            curve_done.add((d, p, settings))
-            out.append(f"<h4>{esc(p)} · label fractions{esc(f' · {variant}' if variant else '')}"
+        by_fraction = families[key]
+        fractions = sorted(by_fraction, reverse=True)
+        first = variant(d, p, fractions[0], by_fraction[fractions[0]])
+        where = f"{d} · {p}" + (f" · {first}" if first else "")
+        curve = fraction_plot([r for rs in by_fraction.values() for r in rs],
+                              f"Top-1 vs label fraction, {where}")
+        if curve:
+            out.append(f"<h4>{esc(p)} · label fractions{esc(f' · {first}' if first else '')}"
                        f'</h4><div class="plots"><figure>{curve}<figcaption><b>Top-1 vs label '
                        f"fraction</b> — {esc(where)}. Each line one method × backbone measured at "
                        f"two or more fractions of the labelled training set; whiskers: 95% CI. "
                        f"The full-label results are also in the panel below; the others only "
                        f"here and in the table.</figcaption></figure></div>")
-        if f != 1.0 and curve:
-            continue
-        title = p + (f" · {fraction_text(f)} labels" if f != 1.0 else "")
-        title += f" · {variant}" if variant else ""
-        out.append(f"<h4>{esc(title)}</h4>{_panel(groups[key], colors, f'{d} · {title}')}")
+        for f in fractions:
+            if f != 1.0 and curve:
+                continue
+            v = variant(d, p, f, by_fraction[f])
+            title = p + (f" · {fraction_text(f)} labels" if f != 1.0 else "")
+            title += f" · {v}" if v else ""
+            out.append(f"<h4>{esc(title)}</h4>"
+                       f"{_panel(by_fraction[f], colors, f'{d} · {title}')}")
     return "".join(out)

@@ -81,6 +81,22 @@ def whisker(x1: float, x2: float, y: float, color: str = "#1f2328") -> str:
             f'stroke="{color}" stroke-width="1.3"/>')
 
 
+def ci_bar(x0: float, width: float, y: float, height: float, summary: dict[str, Any],
+           color: str, tip: str) -> tuple[list[str], float]:
+    """A horizontal bar from ``x0`` to the metric's mean (a fraction of ``width``) with its 95%
+    CI whisker and tooltip ``tip``; returns its parts and the x where a value label may start."""
+    xm = x0 + clamp(summary["mean"]) * width
+    parts = [f'<rect x="{num(x0)}" y="{num(y)}" width="{num(xm - x0)}" height="{height}" rx="2" '
+             f'fill="{color}" fill-opacity="0.9"><title>{esc(tip)}</title></rect>']
+    end = xm
+    if summary["ci95"] is not None:
+        lo, hi = interval(summary)
+        xh = x0 + clamp(hi) * width
+        parts.append(whisker(x0 + clamp(lo) * width, xh, y + height / 2))
+        end = max(end, xh)
+    return parts, end
+
+
 def acc_axis(accs: list[dict[str, Any]], x0: float, width: float, top: float,
              bottom: float) -> tuple[Callable[[float], float], tuple[float, float], list[str]]:
     """The top-1 axis of a scatter: position function (fraction -> y), the shown range and
