@@ -8,9 +8,15 @@ A suite file lists recipes (each with optional overrides) and seeds::
       - recipe: recipes/quickstart.yaml
       - recipe: recipes/embedded/moco_v3_vit.yaml
         overrides: [train.max_steps=200]
+      - recipe: recipes/embedded/moco_v2_resnet.yaml
+        seeds: [0, 1, 2, 3, 4, 5]   # optional: this entry's own seeds instead of the suite's
     baselines:                      # optional: evaluated once per seed, not once per cell
       - recipe: recipes/quickstart.yaml       # its data, backbone and protocols
         kinds: [raw_pixels, random_init]
+        seeds: [0, 1, 2, 3, 4, 5]   # optional, as for cells
+
+An entry's own ``seeds`` serve a row whose paired interval needs more pairs than the rest:
+paired differences use the seeds both rows have, so its baselines need those seeds too.
 
 Without a ``baselines:`` key every cell also evaluates its recipe's ``eval.baselines``. With
 one, cells skip their own baselines and each listed (recipe, kind) is evaluated once per seed:
@@ -61,22 +67,23 @@ def load_suite(path: str | Path) -> tuple[str, list[Cell]]:
     if unknown:
         raise UserError(f"{p}: unknown key(s) {sorted(unknown)} "
                         f"(valid: name, seeds, cells, baselines)")
-    seeds = raw.get("seeds", [0])
+    seeds = _seeds(raw.get("seeds", [0]), f"{p}: seeds")
     own_baselines = "baselines" not in raw
     cells = []
     for i, c in enumerate(raw.get("cells") or []):
         if isinstance(c, str):
             c = {"recipe": c}
         if not isinstance(c, dict) or "recipe" not in c or set(c) - {"recipe", "overrides",
-                                                                      "name"}:
-            raise UserError(f"{p}: cell {i} must be a recipe path or {{recipe, overrides, name}}")
+                                                                      "name", "seeds"}:
+            raise UserError(f"{p}: cell {i} must be a recipe path or "
+                            f"{{recipe, overrides, name, seeds}}")
         overrides = list(c.get("overrides") or []) + ([] if own_baselines
                                                       else ["eval.baselines=[]"])
         label = c.get("name")
         if label is not None:
             check_name(label, f"{p}: cell {i} name")
-        for s in seeds:
-            cells.append(Cell(c["recipe"], overrides, int(s), label=label))
+        for s in _seeds(c.get("seeds", seeds), f"{p}: cell {i} seeds"):
+            cells.append(Cell(c["recipe"], overrides, s, label=label))
     if not cells:
         raise UserError(f"{p}: no cells; list recipes under 'cells:'")
     names = [c.name for c in cells if not c.baselines]
@@ -86,13 +93,24 @@ def load_suite(path: str | Path) -> tuple[str, list[Cell]]:
                             f"'name:' (e.g. {{recipe: ..., overrides: [...], name: other}})")
     for i, b in enumerate(raw.get("baselines") or []):
         if (not isinstance(b, dict) or "recipe" not in b or not b.get("kinds")
-                or set(b) - {"recipe", "kinds", "overrides"}):
+                or set(b) - {"recipe", "kinds", "overrides", "seeds"}):
             raise UserError(f"{p}: baselines entry {i} must be {{recipe, kinds: [raw_pixels | "
-                            f"random_init | timm:NAME, ...], overrides}}")
-        for s in seeds:
-            cells.append(Cell(b["recipe"], list(b.get("overrides") or []), int(s),
+                            f"random_init | timm:NAME, ...], overrides, seeds}}")
+        for s in _seeds(b.get("seeds", seeds), f"{p}: baselines entry {i} seeds"):
+            cells.append(Cell(b["recipe"], list(b.get("overrides") or []), s,
                               tuple(b["kinds"])))
     return str(raw.get("name") or p.stem), cells
+
+
+def _seeds(value, where: str) -> list[int]:
+    """A non-empty list of distinct non-negative integer seeds, or a one-line error."""
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise UserError(f"{where} must be a non-empty list of non-negative integers, e.g. [0, 1, 2]"
+                        f"; got {value!r}")
+    if len(set(value)) != len(value):
+        raise UserError(f"{where} lists a seed twice: {value}")
+    return list(value)
 
 
 def _done(cfg, recipe: dict, kinds: tuple[str, ...] = ()) -> bool:

@@ -166,6 +166,16 @@ def test_suite_is_valid(path: Path):
         if cell.overrides and key not in seen:  # plain recipes are covered above
             load_recipe(recipe, [*cell.overrides, f"train.seed={cell.seed}"])
         seen.add(key)
+    # paired differences need the random-init baseline at every seed a cell of its backbone runs
+    backbone = {r: load_recipe(REPO / r).backbone.name for r in {c.recipe for c in cells}}
+    random_seeds: dict[str, set[int]] = {}
+    for cell in cells:
+        if "random_init" in cell.baselines:
+            random_seeds.setdefault(backbone[cell.recipe], set()).add(cell.seed)
+    unpaired = sorted(cell.name for cell in cells if not cell.baselines
+                      and backbone[cell.recipe] in random_seeds
+                      and cell.seed not in random_seeds[backbone[cell.recipe]])
+    assert not unpaired, f"{path.name}: no random-init baseline at the seed of {unpaired}"
     folder = RECIPES / name
     if name in PUBLISHED:  # the published-recipe suites run their whole folder
         listed = {(REPO / c.recipe).resolve() for c in cells}

@@ -54,6 +54,37 @@ def test_suite_baselines_are_evaluated_once_per_seed_not_per_cell(tmp_path):
     assert [s for _, s in run_suite(suite, dry_run=True, quiet=True)] == ["todo", "todo", "done"]
 
 
+def test_entries_may_have_their_own_seeds(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "t", "seeds": [0, 1],
+        "cells": ["a.yaml", {"recipe": "b.yaml", "seeds": [0, 1, 2, 5]}],
+        "baselines": [{"recipe": "a.yaml", "kinds": ["random_init"], "seeds": [0, 1, 2, 5]}]}))
+    _, cells = load_suite(suite)
+    assert [c.name for c in cells] == ["a-s0", "a-s1", "b-s0", "b-s1", "b-s2", "b-s5",
+                                       "a-random_init-s0", "a-random_init-s1",
+                                       "a-random_init-s2", "a-random_init-s5"]
+    assert [c.seed for c in cells if c.recipe == "b.yaml"] == [0, 1, 2, 5]
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ([], "must be a non-empty list"), ([0, -1], "must be a non-empty list"),
+    ("0-4", "must be a non-empty list"), ([0, 1.5], "must be a non-empty list"),
+    ([True], "must be a non-empty list"), ([0, 1, 0], "lists a seed twice")])
+def test_bad_seeds_name_the_entry(tmp_path, seeds, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"cells": [{"recipe": "a.yaml", "seeds": seeds}]}))
+    with pytest.raises(UserError, match=f"cell 0 seeds {message}"):
+        load_suite(bad)
+    bad.write_text(yaml.safe_dump({"seeds": seeds, "cells": ["a.yaml"]}))
+    with pytest.raises(UserError, match=f"bad.yaml: seeds {message}"):
+        load_suite(bad)
+    bad.write_text(yaml.safe_dump({"cells": ["a.yaml"], "baselines": [
+        {"recipe": "a.yaml", "kinds": ["random_init"], "seeds": seeds}]}))
+    with pytest.raises(UserError, match=f"baselines entry 0 seeds {message}"):
+        load_suite(bad)
+
+
 def test_bad_suite_files(tmp_path):
     with pytest.raises(UserError, match="suite file not found"):
         load_suite(tmp_path / "none.yaml")
