@@ -82,7 +82,7 @@ def load_suite(path: str | Path) -> tuple[str, list[Cell]]:
         label = c.get("name")
         if label is not None:
             check_name(label, f"{p}: cell {i} name")
-        for s in _seeds(c.get("seeds", seeds), f"{p}: cell {i} seeds"):
+        for s in (_seeds(c["seeds"], f"{p}: cell {i} seeds") if "seeds" in c else seeds):
             cells.append(Cell(c["recipe"], overrides, s, label=label))
     if not cells:
         raise UserError(f"{p}: no cells; list recipes under 'cells:'")
@@ -96,7 +96,8 @@ def load_suite(path: str | Path) -> tuple[str, list[Cell]]:
                 or set(b) - {"recipe", "kinds", "overrides", "seeds"}):
             raise UserError(f"{p}: baselines entry {i} must be {{recipe, kinds: [raw_pixels | "
                             f"random_init | timm:NAME, ...], overrides, seeds}}")
-        for s in _seeds(b.get("seeds", seeds), f"{p}: baselines entry {i} seeds"):
+        for s in (_seeds(b["seeds"], f"{p}: baselines entry {i} seeds") if "seeds" in b
+                  else seeds):
             cells.append(Cell(b["recipe"], list(b.get("overrides") or []), s,
                               tuple(b["kinds"])))
     return str(raw.get("name") or p.stem), cells
