@@ -4,9 +4,10 @@ A record's identity is everything that can change its number: the dataset (its n
 fingerprint of the split contents, not the loader kind or path), the recipe, method, backbone,
 protocol and the settings that tell records of one cell apart, the pretraining and evaluation
 seeds, and a hash of the fully resolved config (command-line overrides included) minus the keys
-listed in :data:`NON_IDENTITY_KEYS`, which cannot change a number. Two records with different
-identities never share a file (the file name ends with the identity hash); a record with the same
-identity replaces its file.
+listed in :data:`NON_IDENTITY_KEYS`, which cannot change a number, and of the keys added later
+with a default that reproduces the earlier behaviour, at that value (:data:`LEGACY_DEFAULTS`).
+Two records with different identities never share a file (the file name ends with the identity
+hash); a record with the same identity replaces its file.
 
 The same key set decides whether a run directory may be continued with a given config
 (:func:`config_diff`): a run is bound to the config it started with.
@@ -31,6 +32,15 @@ NON_IDENTITY_KEYS = (
     "data.num_workers", "data.path",
     "eval.protocols", "eval.baselines", "eval.seeds", "eval.label_fractions",
 )
+# Keys added after records existed, each with the value that reproduces what the code did before
+# the key existed. At exactly that value the key is left out of the identity, so a new switch whose
+# default keeps the old behaviour does not turn earlier records and finished suite cells into
+# different results (to be re-run and replaced). Only the listed value is dropped: any other value,
+# including a later change of the key's default, stays in the identity.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    # greedy and SimCLR ran both views in one backbone pass before the switch (fc3449d, 102058a)
+    "method.bn_per_view": False,
+}
 # Keys a failed run (non-finite loss) may change when it is continued: the remedy the error
 # message names. Every change is recorded in run.json (`config_changes`).
 RESUME_REMEDY_KEYS = ("optim.lr", "optim.clip_grad")
@@ -70,8 +80,14 @@ def _excluded(key: str, excluded: Iterable[str]) -> bool:
 
 
 def identity_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The flattened config entries that can change a number."""
-    return {k: v for k, v in flatten(config).items() if not _excluded(k, NON_IDENTITY_KEYS)}
+    """The flattened config entries that can change a number (a key of
+    :data:`LEGACY_DEFAULTS` at its listed value is absent, as it was before the key existed)."""
+    return {k: v for k, v in flatten(config).items() if not _excluded(k, NON_IDENTITY_KEYS)
+            and not (k in LEGACY_DEFAULTS and _same(v, LEGACY_DEFAULTS[k]))}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b  # False is not 0 and 1.0 is not True
 
 
 def config_hash(config: dict[str, Any]) -> str:

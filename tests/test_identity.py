@@ -10,8 +10,8 @@ import yaml
 
 from conftest import REPO, write_recipe
 from sslbench.cli import main
-from sslbench.identity import (check_name, config_diff, config_hash, identity_hash,
-                               record_identity)
+from sslbench.identity import (LEGACY_DEFAULTS, check_name, config_diff, config_hash,
+                               identity_hash, record_identity)
 from sslbench.errors import UserError
 
 PIXELS_KNN = ["eval", "tiny.yaml", "--backbone", "pixels", "--protocol", "knn", "-q"]
@@ -40,6 +40,39 @@ def test_config_hash_ignores_only_keys_that_cannot_change_a_number():
     other["train"]["max_steps"] = 5
     assert config_hash(base) != config_hash(other)
     assert config_diff(base, other) == {"train.max_steps": (4, 5)}
+
+
+def test_a_key_added_at_its_legacy_value_keeps_the_identity():
+    """A switch added with a default that reproduces the earlier behaviour does not make earlier
+    records (and finished runs) different results; any other value does."""
+    old = {"method": {"name": "greedy", "temperature": 0.1}, "train": {"seed": 0}}
+    assert LEGACY_DEFAULTS["method.bn_per_view"] is False
+    new = json.loads(json.dumps(old))
+    new["method"]["bn_per_view"] = False
+    assert config_hash(new) == config_hash(old) and config_diff(old, new) == {}
+    for other in (True, 0):  # only the listed value, of its type, is dropped
+        new["method"]["bn_per_view"] = other
+        assert config_hash(new) != config_hash(old)
+        assert config_diff(old, new) == {"method.bn_per_view": (None, other)}
+
+
+def test_committed_greedy_records_stay_done_under_the_bn_per_view_switch():
+    """The board's greedy rows were run before `method.bn_per_view` existed: the resolved config
+    of today's code (the key at its default, false) has the identity they were written with."""
+    from sslbench.recipe import load_recipe
+    from sslbench.config import to_dict
+
+    recs = [json.loads(p.read_text())
+            for p in sorted((REPO / "leaderboard" / "results").rglob("greedy_resnet*.json"))]
+    old = [r for r in recs if "bn_per_view" not in r["config"]["method"]]
+    assert old, "expected committed greedy records from before the switch"
+    r = old[0]
+    cfg = to_dict(load_recipe(REPO / "recipes" / "embedded" / "greedy_resnet.yaml",
+                              [f"train.seed={r['seed']}"]))
+    assert cfg["method"]["bn_per_view"] is False
+    diff = config_diff(r["config"], cfg)
+    assert diff == {}, diff
+    assert config_hash(cfg) == r["identity"]["config_sha256"]
 
 
 def test_record_identity_fields():
