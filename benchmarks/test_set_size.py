@@ -7,10 +7,10 @@ Fits sslbench's linear probe (or k-NN, k = 200, T = 0.1) on the frozen features 
 pretrained run's ``backbone.safetensors``, or the random-init ``test_resnet`` without ``--run``),
 predicts ``--renders`` renders of every held-out glyph, and splits the variance of "this render
 is classified right" into a between-glyph part sb2 (some glyphs are hard, whatever the render)
-and a within-glyph part sw2 (the render's nuisances). A test set of G glyphs x R renders then has a standard error of
-about sqrt((sb2 + sw2 / R) / G): more renders only shrink the within part, more glyphs shrink
-both. Prints that table and the cluster-bootstrap SE (sslbench.eval.scoring) of the designs it
-can build directly.
+and a within-glyph part sw2 (the render's nuisances). A test set of G glyphs x R renders then
+has a standard error of about sqrt((sb2 + sw2 / R) / G): more renders only shrink the within
+part, more glyphs shrink both. Prints that table and the cluster-bootstrap SE
+(sslbench.eval.scoring) of the designs it can build directly.
 """
 from __future__ import annotations
 
