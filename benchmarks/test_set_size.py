@@ -92,8 +92,8 @@ def main() -> None:
                   f"{100 * bootstrap_se(correct[keep], test.groups[keep]):.2f} points")
     print("\n| test glyphs | renders | predicted SE (points) |\n|---:|---:|---:|")
     for g in (glyphs, round(glyphs * 1.2), round(glyphs * 1.3)):
-        for r in (4, default_renders, 2 * default_renders, 10 ** 6):
-            print(f"| {g} | {'∞' if r == 10 ** 6 else r} | "
+        for r in (4, default_renders, 2 * default_renders, math.inf):
+            print(f"| {g} | {'∞' if r == math.inf else r} | "
                   f"{100 * math.sqrt((sb2 + sw2 / r) / g):.2f} |")
 
 
