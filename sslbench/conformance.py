@@ -28,6 +28,7 @@ of the embedded benchmark, with the method's ``test_overrides`` applied, on the 
 """
 from __future__ import annotations
 
+import datetime
 import io
 import math
 import os
@@ -312,45 +313,43 @@ def _check_family(name: str, family: str, plugins: Sequence[str]) -> list[Check]
     return out
 
 
-def _ddp_worker(rank: int, world: int, port: int, name: str, family: str,
-                plugins: Sequence[str], views: list[torch.Tensor], out) -> None:
+def _ddp_worker(rank: int, world: int, port: int, cases: Sequence[tuple[str, str, Any]],
+                plugins: Sequence[str], out) -> None:
+    """Every case of ``cases`` (name, family, global views) in turn, in one process group."""
     import torch.distributed as dist
 
     from .registry import load_plugin_file
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a rank left waiting on a collective its peer never joins errors out instead of hanging
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     torch.set_num_threads(1)
+    results = {}
     try:
         for p in plugins:
             load_plugin_file(p)
-        method, opt = build(name, family, plugins)
-        model = torch.nn.parallel.DistributedDataParallel(method)
-        local = split_views(views, rank, world)
-        loss = train_step(method, opt, local, StepInfo(0, 8, 4), seed=rank, model=model)
-        out[rank] = {"loss": loss, "params": {k: v.detach().clone()
-                                              for k, v in method.named_parameters()}}
+        for name, family, views in cases:
+            try:
+                method, opt = build(name, family, plugins)
+                model = torch.nn.parallel.DistributedDataParallel(method)
+                local = split_views(views, rank, world)
+                loss = train_step(method, opt, local, StepInfo(0, 8, 4), seed=rank, model=model)
+                results[(name, family)] = {
+                    "loss": loss,
+                    "params": {k: v.detach().clone() for k, v in method.named_parameters()}}
+            except Exception as e:
+                # a collective that failed on one rank would hang the other on the next case
+                results[(name, family)] = {"error": f"{type(e).__name__}: {e}"}
+                break
     except Exception as e:
-        out[rank] = {"error": f"{type(e).__name__}: {e}"}
+        results[None] = {"error": f"{type(e).__name__}: {e}"}
     finally:
+        out[rank] = results
         dist.destroy_process_group()
 
 
-def _check_ddp(name: str, family: str, plugins: Sequence[str]) -> Check:
-    import torch.multiprocessing as mp
-
-    from .distributed import free_port
-
-    try:
-        method, _ = build(name, family, plugins)
-        torch.manual_seed(0)
-        views = _contiguous(method.make_views(sample_images()))
-        result = mp.Manager().dict()
-        mp.spawn(_ddp_worker, args=(2, free_port(), name, family, tuple(plugins), views,
-                                    result), nprocs=2, join=True)
-        res = [result[0], result[1]]
-    except Exception as e:
-        return Check("ddp", family, False, f"{type(e).__name__}: {e}")
+def _ddp_verdict(family: str, res: list[dict]) -> Check:
     for r in res:
         if "error" in r:
             return Check("ddp", family, False, r["error"])
@@ -360,6 +359,41 @@ def _check_ddp(name: str, family: str, plugins: Sequence[str]) -> Check:
         if not torch.allclose(v, res[1]["params"][k], atol=1e-6, rtol=0):
             return Check("ddp", family, False, f"ranks disagree on '{k}' after one step")
     return Check("ddp", family, True, "")
+
+
+def check_ddp(cases: Sequence[tuple[str, str]], plugins: Sequence[str] = ()
+              ) -> dict[tuple[str, str], Check]:
+    """The ``ddp`` check of every (method, family) in ``cases``, all in one pair of gloo
+    processes (starting the processes costs more than the steps themselves)."""
+    import torch.multiprocessing as mp
+
+    from .distributed import free_port
+    from .registry import load_plugin_file
+
+    for p in plugins:
+        load_plugin_file(p)
+    checks: dict[tuple[str, str], Check] = {}
+    jobs = []
+    for name, family in cases:
+        try:
+            method, _ = build(name, family, plugins)
+            torch.manual_seed(0)
+            jobs.append((name, family, _contiguous(method.make_views(sample_images()))))
+        except Exception as e:
+            checks[(name, family)] = Check("ddp", family, False, f"{type(e).__name__}: {e}")
+    if jobs:
+        try:
+            result = mp.Manager().dict()
+            mp.spawn(_ddp_worker, args=(2, free_port(), jobs, tuple(plugins), result),
+                     nprocs=2, join=True)
+            res = [result[0], result[1]]  # copy out of the Manager once
+        except Exception as e:
+            res = [{None: {"error": f"{type(e).__name__}: {e}"}}] * 2
+        for name, family, _ in jobs:
+            per_rank = [r.get((name, family)) or r.get(None)
+                        or {"error": "not run: an earlier case failed"} for r in res]
+            checks[(name, family)] = _ddp_verdict(family, per_rank)
+    return {c: checks[c] for c in cases}
 
 
 def check_method(name: str, families: Optional[Iterable[str]] = None, ddp: bool = True,
@@ -379,14 +413,16 @@ def check_method(name: str, families: Optional[Iterable[str]] = None, ddp: bool 
         if f not in claimed:
             raise UserError(f"method '{name}' does not claim the '{f}' family "
                             f"(it lists {', '.join(claimed)})")
+    per_family = {f: _check_family(name, f, plugins) for f in fams}
+    if ddp:
+        built = [f for f in fams if per_family[f] and per_family[f][0].ok]
+        ddp_checks = check_ddp([(name, f) for f in built], plugins)
     checks: list[Check] = []
     for f in fams:
-        fam_checks = _check_family(name, f, plugins)
-        checks += fam_checks
+        checks += per_family[f]
         if ddp:
-            built = fam_checks and fam_checks[0].ok
-            checks.append(_check_ddp(name, f, plugins) if built
-                          else Check("ddp", f, None, "skipped: build failed"))
+            checks.append(ddp_checks.get((name, f))
+                          or Check("ddp", f, None, "skipped: build failed"))
     return checks
 
 

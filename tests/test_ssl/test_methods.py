@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sslbench.conformance import Check, assert_conforms, check_method
+from sslbench.conformance import Check, assert_conforms, check_ddp, check_method
 from sslbench.ssl import METHODS, SSLMethod, register_method
 
 CASES = [(m, fam) for m in METHODS.names() for fam in ("resnet", "vit", "convnet")
@@ -29,10 +29,17 @@ def test_method_conforms(name, family):
             "resume"} <= ran
 
 
+@pytest.fixture(scope="module")
+def ddp_checks():
+    """The DDP check of every case, all in one pair of gloo processes: spawning two processes
+    per case cost ~12 s each, most of it importing torch."""
+    return check_ddp(DDP_CASES)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, family", DDP_CASES, ids=DDP_IDS)
-def test_method_ddp_step_on_two_gloo_processes(name, family):
-    [ddp] = [c for c in check_method(name, [family], ddp=True) if c.name == "ddp"]
+def test_method_ddp_step_on_two_gloo_processes(ddp_checks, name, family):
+    ddp = ddp_checks[(name, family)]
     assert ddp.ok, ddp.detail
 
 
@@ -66,3 +73,43 @@ def test_kit_catches_a_method_that_leaks_gradient_into_its_teacher():
     assert checks["grad_backbone"].ok is False
     assert checks["frozen"].ok is False
     assert isinstance(checks["build"], Check) and checks["build"].ok
+
+
+DRIFTING_PLUGIN = '''
+import torch
+from sslbench.ssl import SSLMethod, register_method
+
+
+@register_method("test_drifting")
+class Drifting(SSLMethod):
+    """Bug: a parameter nudged outside autograd with this rank's own random numbers, so the
+    ranks' copies drift apart although DDP keeps the gradients in step."""
+    families = ("resnet",)
+
+    def __init__(self, backbone, cfg, data):
+        super().__init__(backbone, cfg, data)
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def make_views(self, images):
+        return [images.float() / 255.0]
+
+    def forward(self, views, step):
+        with torch.no_grad():
+            self.scale.add_(torch.randn(1))
+        return {"loss": (self.backbone(views[0]) * self.scale).pow(2).mean()}
+'''
+
+
+@pytest.mark.slow
+def test_ddp_check_catches_ranks_that_drift_apart_and_still_checks_the_next_case(tmp_path):
+    plugin = tmp_path / "drifting.py"
+    plugin.write_text(DRIFTING_PLUGIN)
+    try:
+        checks = check_ddp([("test_drifting", "resnet"), ("simclr", "resnet")],
+                           plugins=[str(plugin)])
+    finally:
+        if "test_drifting" in METHODS.names():
+            METHODS.unregister("test_drifting")
+    bad, good = checks[("test_drifting", "resnet")], checks[("simclr", "resnet")]
+    assert bad.ok is False and "ranks disagree on 'scale'" in bad.detail, bad.detail
+    assert good.ok is True, good.detail
