@@ -29,6 +29,7 @@ difference to ``ours`` with its 95% t-interval. ``lightly`` is a benchmark-only 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -141,7 +142,8 @@ def run_one(recipe: str, variant: str, seed: int, extra: list[str], work: Path) 
     acc = {r["protocol"]: r["metrics"]["acc"] for r in records}
     return {"variant": variant, "seed": seed, "linear": 100 * acc["linear"],
             "knn": 100 * acc["knn"], "final_loss": info["pretrain"]["final_loss"],
-            "wall_s": info["pretrain"]["wall_time_s"], "overrides": extra}
+            "wall_s": info["pretrain"]["wall_time_s"], "overrides": extra,
+            "loss_curve": info["pretrain"].get("loss_curve")}
 
 
 def t_quantile(df: int) -> float:
@@ -195,6 +197,8 @@ def main() -> None:
     ap.add_argument("--variants", default="ours,reference")
     ap.add_argument("--out", default="runs/simclr_reference.jsonl")
     ap.add_argument("--work", default=None, help="run directories (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the run directories in --work (checkpoints, metrics, backbones)")
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("overrides", nargs="*", help="recipe overrides for every variant")
     args = ap.parse_args()
@@ -206,7 +210,10 @@ def main() -> None:
     done = {(r["variant"], r["seed"]) for r in rows}
     if args.work:
         Path(args.work).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=args.work) as work:
+    if args.keep and not args.work:
+        raise SystemExit("--keep needs --work DIR")
+    keep = contextlib.nullcontext(args.work) if args.keep else None
+    with keep or tempfile.TemporaryDirectory(dir=args.work) as work:
         for seed in [] if args.summary_only else parse_seeds(args.seeds):
             for v in variants:  # alternate variants within a seed: drift hits all alike
                 if (v, seed) in done:
