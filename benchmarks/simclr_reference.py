@@ -208,12 +208,13 @@ def main() -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
     rows = [r for r in rows if r.get("overrides", []) == args.overrides]
     done = {(r["variant"], r["seed"]) for r in rows}
-    if args.work:
-        Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.keep and not args.work:
         raise SystemExit("--keep needs --work DIR")
-    keep = contextlib.nullcontext(args.work) if args.keep else None
-    with keep or tempfile.TemporaryDirectory(dir=args.work) as work:
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+    workdir = (contextlib.nullcontext(args.work) if args.keep
+               else tempfile.TemporaryDirectory(dir=args.work))
+    with workdir as work:
         for seed in [] if args.summary_only else parse_seeds(args.seeds):
             for v in variants:  # alternate variants within a seed: drift hits all alike
                 if (v, seed) in done:
